@@ -1,0 +1,115 @@
+// The whole engine: one scheduler per data-parallel rank, request validation and routing.
+import type { Xxh3 } from './hash.js';
+import { createRng, mixSeed } from './random.js';
+import { Scheduler } from './scheduler.js';
+import type { Sequence } from './sequence.js';
+import type { TimingModel } from './timing/timing-model.js';
+import type { EngineConfig } from './types.js';
+
+export interface EngineSetup extends EngineConfig {
+  dataParallelSize: number;
+  seed: number;
+}
+
+/** What the engine needs to know about the model it pretends to run. */
+export interface ModelLimits {
+  vocabSize: number;
+  /** Context length from the model's config; 0 when unknown. */
+  contextLength: number;
+}
+
+export interface EngineRequest {
+  /** Caller's handle, returned in every emission. */
+  key: number;
+  promptLength: number;
+  promptTokens?: ArrayLike<number>;
+  promptBlocks?: { local: bigint[]; seq: bigint[]; tail: number[] };
+  /** Requested output tokens; null means "up to the remaining context". */
+  maxTokens: number | null;
+  bannedTokens?: ReadonlySet<number>;
+  /** Explicit DP rank (from the router); null means round-robin. */
+  dpRank?: number | null;
+  /** Per-request seed (e.g. sampling_options.seed); defaults to the arrival counter. */
+  seed?: number;
+}
+
+export type SubmitError = { ok: false; kind: 'invalid' | 'dp-rank' | 'too-long' | 'rejected'; reason: string };
+export type SubmitResult = { ok: true; seq: Sequence; rank: number } | SubmitError;
+
+export class Engine {
+  readonly ranks: Scheduler[];
+  private nextRank = 0;
+  private arrivals = 0;
+
+  constructor(
+    readonly setup: EngineSetup,
+    timing: TimingModel,
+    hasher: Xxh3,
+    readonly model: ModelLimits,
+  ) {
+    this.ranks = [];
+    for (let r = 0; r < setup.dataParallelSize; r++) this.ranks.push(new Scheduler(setup, timing, hasher, r));
+  }
+
+  /** The context limit requests are held to: --max-model-len, else the model's context length. */
+  get contextLimit(): number | null {
+    return this.setup.maxModelLen ?? (this.model.contextLength > 0 ? this.model.contextLength : null);
+  }
+
+  /** Exact output length for a prompt, or an error when the request cannot be served. */
+  outputLength(promptLength: number, maxTokens: number | null): number | SubmitError {
+    const limit = this.contextLimit;
+    if (limit !== null && promptLength >= limit) {
+      return { ok: false, kind: 'too-long', reason: `prompt has ${promptLength} tokens, which does not fit the context length of ${limit}` };
+    }
+    if (maxTokens === null) {
+      if (limit === null) {
+        return { ok: false, kind: 'invalid', reason: 'stop_conditions.max_tokens is required when the context length is unknown (set --max-model-len)' };
+      }
+      return limit - promptLength;
+    }
+    return limit === null ? maxTokens : Math.min(maxTokens, limit - promptLength);
+  }
+
+  submit(req: EngineRequest): SubmitResult {
+    const { dataParallelSize } = this.setup;
+    let rank: number;
+    if (req.dpRank !== undefined && req.dpRank !== null) {
+      if (!Number.isInteger(req.dpRank) || req.dpRank < 0 || req.dpRank >= dataParallelSize) {
+        return { ok: false, kind: 'dp-rank', reason: `dp_rank ${req.dpRank} is out of range: this worker has data_parallel_size ${dataParallelSize}` };
+      }
+      rank = req.dpRank;
+    } else {
+      rank = this.nextRank;
+      this.nextRank = (this.nextRank + 1) % dataParallelSize;
+    }
+    if (req.promptLength < 1) return { ok: false, kind: 'invalid', reason: 'token_ids must not be empty' };
+    if (!this.setup.enableChunkedPrefill && this.setup.maxNumBatchedTokens !== null && req.promptLength > this.setup.maxNumBatchedTokens) {
+      return {
+        ok: false,
+        kind: 'rejected',
+        reason: `request rejected: prompt of ${req.promptLength} tokens exceeds max_num_batched_tokens ${this.setup.maxNumBatchedTokens} with chunked prefill disabled`,
+      };
+    }
+    const output = this.outputLength(req.promptLength, req.maxTokens);
+    if (typeof output !== 'number') return output;
+    const seed = mixSeed(this.setup.seed, req.seed ?? this.arrivals);
+    this.arrivals++;
+    const added = this.ranks[rank].add({
+      key: req.key,
+      promptLength: req.promptLength,
+      promptTokens: req.promptTokens,
+      promptBlocks: req.promptBlocks,
+      maxOutputTokens: output,
+      rng: createRng(seed),
+      vocabSize: this.model.vocabSize,
+      bannedTokens: req.bannedTokens,
+    });
+    if (!added.ok) return { ok: false, kind: 'rejected', reason: added.reason };
+    return { ok: true, seq: added.seq, rank };
+  }
+
+  get idle(): boolean {
+    return this.ranks.every((r) => r.idle);
+  }
+}

@@ -1,0 +1,192 @@
+// KV block pool: active blocks with refcounts, cached inactive blocks in an LRU, KV events as data.
+import type { KvEvent, StoredBlock } from '../types.js';
+
+/** A full block, keyed by its chained sequence hash. */
+export interface CachedBlock {
+  readonly hash: bigint;
+  readonly tokensHash: bigint;
+  refCount: number;
+  /** Logical time at which the block last became inactive (LRU order). */
+  freedAt: number;
+  prev: CachedBlock | null;
+  next: CachedBlock | null;
+}
+
+export interface PrefixProbe {
+  /** Leading blocks found in the cache (active or inactive), contiguous from block 0. */
+  hitBlocks: number;
+  /** How many of those hits are currently active (need no new capacity). */
+  activeHitBlocks: number;
+}
+
+/**
+ * The allocator knows blocks, not requests. Capacity is counted over active and inactive blocks;
+ * an uncommitted "slot" is a block still being filled (or any block when prefix caching is off).
+ */
+export class BlockPool {
+  private readonly cache = new Map<bigint, CachedBlock>();
+  private lruHead: CachedBlock | null = null;
+  private lruTail: CachedBlock | null = null;
+  private inactive = 0;
+  private active = 0;
+  private clock = 0;
+  private nextEventId = 0;
+  private pending: KvEvent[] = [];
+
+  constructor(
+    readonly capacity: number,
+    readonly prefixCaching: boolean,
+    readonly dpRank = 0,
+  ) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new Error(`block pool capacity must be ≥ 1, got ${capacity}`);
+  }
+
+  /** Blocks referenced by at least one sequence, plus uncommitted slots. */
+  get activeBlocks(): number {
+    return this.active;
+  }
+
+  /** Cached blocks that nobody references (evictable). */
+  get inactiveBlocks(): number {
+    return this.inactive;
+  }
+
+  /** Blocks a new allocation can get, evicting inactive ones if needed. */
+  get freeBlocks(): number {
+    return this.capacity - this.active;
+  }
+
+  /** Inactive block hashes from least to most recently freed (tests and debugging). */
+  inactiveHashes(): bigint[] {
+    const out: bigint[] = [];
+    for (let b = this.lruHead; b; b = b.next) out.push(b.hash);
+    return out;
+  }
+
+  lookup(hash: bigint): CachedBlock | undefined {
+    return this.cache.get(hash);
+  }
+
+  /** Counts the contiguous cached prefix of `hashes`, looking at no more than `maxBlocks`. */
+  probe(hashes: readonly bigint[], maxBlocks: number): PrefixProbe {
+    let hitBlocks = 0;
+    let activeHitBlocks = 0;
+    if (!this.prefixCaching) return { hitBlocks, activeHitBlocks };
+    const limit = Math.min(maxBlocks, hashes.length);
+    for (; hitBlocks < limit; hitBlocks++) {
+      const block = this.cache.get(hashes[hitBlocks]);
+      if (!block) break;
+      if (block.refCount > 0) activeHitBlocks++;
+    }
+    return { hitBlocks, activeHitBlocks };
+  }
+
+  /** Takes a reference on a cached block (a prefix hit), reactivating it if it was inactive. */
+  acquire(hash: bigint): CachedBlock {
+    const block = this.cache.get(hash);
+    if (!block) throw new Error(`acquire of unknown block ${hash}`);
+    if (block.refCount === 0) {
+      this.unlink(block);
+      this.inactive--;
+      this.active++;
+    }
+    block.refCount++;
+    return block;
+  }
+
+  /** Reserves `count` new slots, evicting least recently freed blocks; all or nothing. */
+  allocateSlots(count: number): boolean {
+    if (count <= 0) return true;
+    const overflow = this.active + this.inactive + count - this.capacity;
+    if (overflow > this.inactive) return false;
+    if (overflow > 0) this.evict(overflow);
+    this.active += count;
+    return true;
+  }
+
+  /** Gives back uncommitted slots. */
+  releaseSlots(count: number): void {
+    if (count < 0 || count > this.active) throw new Error(`releaseSlots(${count}) with ${this.active} active`);
+    this.active -= count;
+  }
+
+  /**
+   * Turns consecutive uncommitted slots into full blocks. Blocks already cached are shared (their
+   * slot is given back) and announce nothing; runs of new blocks are announced as one Stored event
+   * each, with the parent being the block just before the run.
+   */
+  commit(hashes: readonly bigint[], tokensHashes: readonly bigint[], from: number, to: number, out: CachedBlock[]): void {
+    let run: StoredBlock[] | null = null;
+    let runParent: bigint | null = null;
+    for (let i = from; i < to; i++) {
+      const hash = hashes[i];
+      const existing = this.cache.get(hash);
+      if (existing) {
+        if (run) {
+          this.emit({ kind: 'stored', parentHash: runParent, blocks: run });
+          run = null;
+        }
+        this.active--; // the slot is not needed: the content already exists
+        out.push(this.acquire(hash));
+        continue;
+      }
+      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], refCount: 1, freedAt: -1, prev: null, next: null };
+      this.cache.set(hash, block);
+      out.push(block);
+      if (!run) {
+        run = [];
+        runParent = i === 0 ? null : hashes[i - 1];
+      }
+      run.push({ blockHash: hash, tokensHash: block.tokensHash });
+    }
+    if (run) this.emit({ kind: 'stored', parentHash: runParent, blocks: run });
+  }
+
+  /** Drops one reference; at zero the block becomes inactive (most recently freed). */
+  release(block: CachedBlock): void {
+    if (block.refCount <= 0) throw new Error(`release of inactive block ${block.hash}`);
+    block.refCount--;
+    if (block.refCount > 0) return;
+    this.active--;
+    this.inactive++;
+    block.freedAt = this.clock++;
+    block.prev = this.lruTail;
+    block.next = null;
+    if (this.lruTail) this.lruTail.next = block;
+    else this.lruHead = block;
+    this.lruTail = block;
+  }
+
+  /** Events produced since the last drain, in order. */
+  drainEvents(): KvEvent[] {
+    const events = this.pending;
+    this.pending = [];
+    return events;
+  }
+
+  private evict(count: number): void {
+    const removed: bigint[] = [];
+    for (let i = 0; i < count; i++) {
+      const victim = this.lruHead;
+      if (!victim) throw new Error('evict with no inactive block');
+      this.unlink(victim);
+      this.inactive--;
+      this.cache.delete(victim.hash);
+      removed.push(victim.hash);
+    }
+    this.emit({ kind: 'removed', blockHashes: removed });
+  }
+
+  private unlink(block: CachedBlock): void {
+    if (block.prev) block.prev.next = block.next;
+    else this.lruHead = block.next;
+    if (block.next) block.next.prev = block.prev;
+    else this.lruTail = block.prev;
+    block.prev = block.next = null;
+  }
+
+  private emit(data: KvEvent['data']): void {
+    if (!this.prefixCaching) return;
+    this.pending.push({ eventId: this.nextEventId++, dpRank: this.dpRank, data });
+  }
+}

@@ -1,0 +1,373 @@
+// One DP rank's vLLM-v1-style scheduler: token budget, chunked prefill, admission, preemption.
+import { Deque } from './deque.js';
+import type { Xxh3 } from './hash.js';
+import { BlockPool } from './kv/block-pool.js';
+import { Sequence, type SequenceInput } from './sequence.js';
+import type { TimingModel } from './timing/timing-model.js';
+import type { EngineConfig, KvEvent } from './types.js';
+
+/** One token emitted by one sequence at the end of a pass. */
+export interface Emission {
+  seq: Sequence;
+  token: number;
+  /** True when this was the sequence's last token (it has been freed). */
+  finished: boolean;
+}
+
+export interface PassResult {
+  startMs: number;
+  /** When the pass's tokens become visible: start + scaled prefill + scaled decode. */
+  endMs: number;
+  /** Unscaled model durations. */
+  prefillMs: number;
+  decodeMs: number;
+  /** Prompt tokens computed in this pass (cache hits excluded). */
+  prefillTokens: number;
+  prefillRequests: number;
+  decodeRequests: number;
+  /** All tokens computed in this pass (prefill, recompute and decode); 0 means no progress. */
+  scheduledTokens: number;
+  emissions: Emission[];
+  /** Sequences admitted from waiting in this pass (first admission or after preemption). */
+  admitted: Sequence[];
+  preempted: Sequence[];
+  kvEvents: KvEvent[];
+}
+
+export type AddResult = { ok: true; seq: Sequence } | { ok: false; reason: string };
+
+export interface SchedulerSnapshot {
+  dpRank: number;
+  running: number;
+  waiting: number;
+  activeBlocks: number;
+  inactiveBlocks: number;
+  totalBlocks: number;
+  /** Mean prefix hit fraction over the last admissions (0 when none yet). */
+  prefixHitRate: number;
+  preemptionsTotal: number;
+  prefixQueryTokens: number;
+  prefixHitTokens: number;
+}
+
+const HIT_RATE_WINDOW = 1000;
+
+export class Scheduler {
+  readonly pool: BlockPool;
+  private readonly running: Sequence[] = [];
+  private readonly waiting = new Deque<Sequence>();
+  private waitingLive = 0;
+  private readonly hitWindow = new Float64Array(HIT_RATE_WINDOW);
+  private hitWindowCount = 0;
+  private hitWindowNext = 0;
+  private hitWindowSum = 0;
+  private preemptionsTotal = 0;
+  private prefixQueryTokens = 0;
+  private prefixHitTokens = 0;
+  private readonly totalKvTokens: number;
+  private readonly hasher: Xxh3 | null;
+
+  constructor(
+    readonly config: EngineConfig,
+    private readonly timing: TimingModel,
+    hasher: Xxh3,
+    readonly dpRank = 0,
+  ) {
+    this.pool = new BlockPool(config.numGpuBlocks, config.enablePrefixCaching, dpRank);
+    this.totalKvTokens = config.numGpuBlocks * config.blockSize;
+    // Without prefix caching nothing is shared, so block contents never need hashing.
+    this.hasher = config.enablePrefixCaching ? hasher : null;
+  }
+
+  get runningCount(): number {
+    return this.running.length;
+  }
+
+  get waitingCount(): number {
+    return this.waitingLive;
+  }
+
+  get idle(): boolean {
+    return this.running.length === 0 && this.waitingLive === 0;
+  }
+
+  /**
+   * Queues a request. A sequence that could never fit in the pool is refused here rather than
+   * blocking the queue forever.
+   */
+  add(input: SequenceInput): AddResult {
+    const { blockSize, numGpuBlocks, watermark } = this.config;
+    if (input.promptLength < 1) return { ok: false, reason: 'request has an empty prompt' };
+    const promptBlocks = Math.ceil(input.promptLength / blockSize);
+    const admissible = numGpuBlocks - watermark * numGpuBlocks;
+    if (promptBlocks > admissible) {
+      return {
+        ok: false,
+        reason: `request rejected: prompt of ${input.promptLength} tokens needs ${promptBlocks} KV blocks, more than the ${Math.floor(admissible)} this worker can admit`,
+      };
+    }
+    const peakBlocks = Math.ceil((input.promptLength + Math.max(0, input.maxOutputTokens - 1)) / blockSize);
+    if (peakBlocks > numGpuBlocks) {
+      return {
+        ok: false,
+        reason: `request rejected: ${input.promptLength} prompt + ${input.maxOutputTokens} output tokens need ${peakBlocks} KV blocks, more than the ${numGpuBlocks} this worker has`,
+      };
+    }
+    const seq = new Sequence(input, blockSize, this.hasher);
+    if (seq.maxOutputTokens <= 0) {
+      seq.status = 'finished';
+      return { ok: true, seq };
+    }
+    this.waiting.pushBack(seq);
+    this.waitingLive++;
+    return { ok: true, seq };
+  }
+
+  /** Stops a request at once and frees its KV blocks. Returns false if it was not live. */
+  cancel(seq: Sequence): boolean {
+    if (seq.status === 'running') {
+      const i = this.running.indexOf(seq);
+      if (i >= 0) this.running.splice(i, 1);
+      this.free(seq);
+    } else if (seq.status === 'waiting' || seq.status === 'preempted') {
+      this.waitingLive--; // removed lazily when it reaches the head
+    } else {
+      return false;
+    }
+    seq.status = 'cancelled';
+    return true;
+  }
+
+  snapshot(): SchedulerSnapshot {
+    return {
+      dpRank: this.dpRank,
+      running: this.running.length,
+      waiting: this.waitingLive,
+      activeBlocks: this.pool.activeBlocks,
+      inactiveBlocks: this.pool.inactiveBlocks,
+      totalBlocks: this.pool.capacity,
+      prefixHitRate: this.hitWindowCount ? this.hitWindowSum / this.hitWindowCount : 0,
+      preemptionsTotal: this.preemptionsTotal,
+      prefixQueryTokens: this.prefixQueryTokens,
+      prefixHitTokens: this.prefixHitTokens,
+    };
+  }
+
+  /** Runs one forward pass starting at `nowMs`. */
+  step(nowMs: number): PassResult {
+    let budget = this.config.maxNumBatchedTokens ?? Infinity;
+    const preempted: Sequence[] = [];
+    const admitted: Sequence[] = [];
+    // Tokens scheduled per sequence this pass, and whether that work is prefill.
+    const scheduled = new Map<Sequence, number>();
+
+    // Running requests consume the budget first, in order. Iterate a snapshot: preemption edits
+    // the list, and a victim scheduled earlier in this pass gives its budget back.
+    for (const seq of this.running.slice()) {
+      if (budget <= 0) break;
+      if (seq.status !== 'running') continue;
+      const remaining = seq.knownLength - seq.computed;
+      const desired = Math.min(remaining, budget);
+      if (desired <= 0) continue;
+      if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - seq.computed) > budget) continue;
+      while (!this.allocate(seq, seq.computed + desired)) {
+        const victim = this.config.preemptionMode === 'lifo' ? this.running[this.running.length - 1] : this.running[0];
+        budget += scheduled.get(victim) ?? 0;
+        scheduled.delete(victim);
+        this.preempt(victim);
+        preempted.push(victim);
+        if (victim === seq) break;
+      }
+      if (seq.status !== 'running') continue;
+      scheduled.set(seq, desired);
+      budget -= desired;
+    }
+
+    // Waiting requests are admitted only in passes without preemption.
+    if (preempted.length === 0) {
+      while (this.waiting.length && this.running.length < this.config.maxNumSeqs && budget > 0) {
+        const seq = this.waiting.peekFront()!;
+        if (seq.status === 'cancelled') {
+          this.waiting.popFront();
+          continue;
+        }
+        const desired = this.tryAdmit(seq, budget);
+        if (desired === 0) break;
+        this.waiting.popFront();
+        this.waitingLive--;
+        seq.status = 'running';
+        this.running.push(seq);
+        admitted.push(seq);
+        scheduled.set(seq, desired);
+        budget -= desired;
+      }
+    }
+
+    // Apply the scheduled compute. Only prompt tokens cost prefill time (Dynamo's rule): decode
+    // steps and the recompute of a preempted request's generated tokens are free.
+    let prefillTokens = 0;
+    let prefillRequests = 0;
+    let islSum = 0;
+    let prefixSum = 0;
+    let scheduledTokens = 0;
+    for (const [seq, tokens] of scheduled) {
+      scheduledTokens += tokens;
+      const promptBefore = Math.min(seq.computed, seq.promptLength);
+      const promptTokens = Math.min(seq.computed + tokens, seq.promptLength) - promptBefore;
+      if (promptTokens > 0) {
+        prefillRequests++;
+        prefillTokens += promptTokens;
+        islSum += promptBefore + promptTokens;
+        prefixSum += promptBefore;
+      }
+      seq.computed += tokens;
+    }
+
+    const emissions: Emission[] = [];
+    let decodeRequests = 0;
+    let contextSum = 0;
+    for (const seq of this.running) {
+      if (seq.computed < seq.knownLength) continue;
+      decodeRequests++;
+      contextSum += seq.knownLength;
+    }
+    // Decode cost reads the KV in use while the pass runs, before finished sequences are freed.
+    const activeKvTokens = this.pool.activeBlocks * this.config.blockSize;
+
+    for (let i = 0; i < this.running.length; i++) {
+      const seq = this.running[i];
+      if (seq.computed < seq.knownLength) continue;
+      const token = seq.drawToken();
+      seq.appendToken(token);
+      const finished = seq.done;
+      if (finished) {
+        this.free(seq);
+        seq.status = 'finished';
+        this.running.splice(i, 1);
+        i--;
+      }
+      emissions.push({ seq, token, finished });
+    }
+
+    const prefillMs =
+      prefillRequests > 0
+        ? this.timing.prefillMs({
+            requests: prefillRequests,
+            newTokens: prefillTokens,
+            meanIsl: islSum / prefillRequests,
+            meanPrefix: prefixSum / prefillRequests,
+          })
+        : 0;
+    const decodeMs =
+      decodeRequests > 0
+        ? this.timing.decodeMs({
+            requests: decodeRequests,
+            activeKvTokens,
+            totalKvTokens: this.totalKvTokens,
+            meanContextLength: contextSum / decodeRequests,
+          })
+        : 0;
+    const speedup = this.config.speedupRatio;
+    const endMs = nowMs + scale(prefillMs, speedup) + scale(decodeMs, speedup * this.config.decodeSpeedupRatio);
+
+    return {
+      startMs: nowMs,
+      endMs,
+      prefillMs,
+      decodeMs,
+      prefillTokens,
+      prefillRequests,
+      decodeRequests,
+      scheduledTokens,
+      emissions,
+      admitted,
+      preempted,
+      kvEvents: this.pool.drainEvents(),
+    };
+  }
+
+  /**
+   * Admission gate: the whole known sequence must fit in free KV (active cached prefix counted as
+   * present) while keeping the watermark free. Returns the tokens scheduled, or 0 if blocked.
+   */
+  private tryAdmit(seq: Sequence, budget: number): number {
+    const { blockSize, numGpuBlocks, watermark } = this.config;
+    // At least one token is always computed, so the last one never comes from the cache.
+    const maxHitBlocks = Math.floor((seq.knownLength - 1) / blockSize);
+    const probe = this.pool.probe(seq.seqHashes, maxHitBlocks);
+    const needBlocks = Math.ceil(seq.knownLength / blockSize) - probe.activeHitBlocks;
+    if (needBlocks > this.pool.freeBlocks - watermark * numGpuBlocks) return 0;
+    const cachedTokens = probe.hitBlocks * blockSize;
+    const remaining = seq.knownLength - cachedTokens;
+    const desired = Math.min(remaining, budget);
+    if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - cachedTokens) > budget) return 0;
+
+    for (let b = 0; b < probe.hitBlocks; b++) seq.blocks.push(this.pool.acquire(seq.seqHashes[b]));
+    seq.computed = cachedTokens;
+    if (!this.allocate(seq, cachedTokens + desired)) {
+      // Cannot happen after the gate above; undo to keep the pool consistent if it ever does.
+      this.free(seq);
+      return 0;
+    }
+    if (seq.cachedTokens === null) {
+      seq.cachedTokens = cachedTokens;
+      this.recordHit(seq.knownLength, cachedTokens);
+    }
+    return desired;
+  }
+
+  /** Grows the sequence's allocation to cover `target` tokens and commits the blocks they fill. */
+  private allocate(seq: Sequence, target: number): boolean {
+    const { blockSize } = this.config;
+    const needed = Math.ceil(target / blockSize) - seq.allocatedBlocks;
+    if (needed > 0) {
+      if (!this.pool.allocateSlots(needed)) return false;
+      seq.slots += needed;
+    }
+    if (this.hasher) {
+      const full = Math.floor(target / blockSize);
+      const from = seq.blocks.length;
+      if (full > from) {
+        this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks);
+        seq.slots -= full - from;
+      }
+    }
+    return true;
+  }
+
+  /** Recompute-style preemption: free everything and requeue at the head of waiting. */
+  private preempt(victim: Sequence): void {
+    const i = this.running.indexOf(victim);
+    if (i >= 0) this.running.splice(i, 1);
+    this.free(victim);
+    victim.computed = 0;
+    victim.status = 'preempted';
+    victim.preemptions++;
+    this.preemptionsTotal++;
+    this.waiting.pushFront(victim);
+    this.waitingLive++;
+  }
+
+  /** Frees a sequence's blocks tail first, so shared prefixes stay cached longest. */
+  private free(seq: Sequence): void {
+    if (seq.slots) this.pool.releaseSlots(seq.slots);
+    seq.slots = 0;
+    for (let b = seq.blocks.length - 1; b >= 0; b--) this.pool.release(seq.blocks[b]);
+    seq.blocks.length = 0;
+  }
+
+  private recordHit(promptTokens: number, cachedTokens: number): void {
+    const rate = promptTokens > 0 ? cachedTokens / promptTokens : 0;
+    if (this.hitWindowCount === HIT_RATE_WINDOW) this.hitWindowSum -= this.hitWindow[this.hitWindowNext];
+    else this.hitWindowCount++;
+    this.hitWindow[this.hitWindowNext] = rate;
+    this.hitWindowSum += rate;
+    this.hitWindowNext = (this.hitWindowNext + 1) % HIT_RATE_WINDOW;
+    this.prefixQueryTokens += promptTokens;
+    this.prefixHitTokens += cachedTokens;
+  }
+}
+
+function scale(ms: number, ratio: number): number {
+  return ratio === Infinity ? 0 : ms / ratio;
+}

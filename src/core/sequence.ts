@@ -1,0 +1,125 @@
+// One request inside the engine: its known tokens as block hashes, its KV blocks and progress.
+import { blockHash, sequenceHash, type Xxh3 } from './hash.js';
+import type { CachedBlock } from './kv/block-pool.js';
+import type { Rng } from './random.js';
+
+export type SequenceStatus = 'waiting' | 'running' | 'preempted' | 'finished' | 'cancelled' | 'rejected';
+
+/** What a driver hands the engine for one request. */
+export interface SequenceInput {
+  /** Caller's handle, returned untouched in every output. */
+  key: number;
+  promptLength: number;
+  /** Exact number of tokens to emit. */
+  maxOutputTokens: number;
+  /** Prompt token ids; may be omitted when `promptBlocks` carries precomputed hashes. */
+  promptTokens?: ArrayLike<number>;
+  /** Precomputed hashes of the prompt's full blocks and the tokens after them. */
+  promptBlocks?: { local: bigint[]; seq: bigint[]; tail: number[] };
+  rng: Rng;
+  vocabSize: number;
+  /** Token ids the engine must never emit (EOS, hidden stop tokens). */
+  bannedTokens?: ReadonlySet<number>;
+}
+
+export class Sequence {
+  readonly key: number;
+  readonly promptLength: number;
+  readonly maxOutputTokens: number;
+  status: SequenceStatus = 'waiting';
+  /** Local (tokens) hashes of known full blocks. */
+  readonly localHashes: bigint[];
+  /** Chained sequence hashes of known full blocks. */
+  readonly seqHashes: bigint[];
+  /** Tokens after the last full block. */
+  private readonly tail: number[];
+  /** Tokens known so far: prompt plus generated. */
+  knownLength: number;
+  /** Tokens whose KV has been computed. */
+  computed = 0;
+  generated = 0;
+  /** Committed full blocks, in order. */
+  readonly blocks: CachedBlock[] = [];
+  /** Allocated blocks not yet committed (or all blocks when prefix caching is off). */
+  slots = 0;
+  preemptions = 0;
+  /** Prompt tokens served from the prefix cache at first admission (null before). */
+  cachedTokens: number | null = null;
+  private readonly rng: Rng;
+  private readonly vocabSize: number;
+  private readonly banned: ReadonlySet<number> | undefined;
+
+  constructor(
+    input: SequenceInput,
+    private readonly blockSize: number,
+    private readonly hasher: Xxh3 | null,
+  ) {
+    this.key = input.key;
+    this.promptLength = input.promptLength;
+    this.maxOutputTokens = input.maxOutputTokens;
+    this.knownLength = input.promptLength;
+    this.rng = input.rng;
+    this.vocabSize = input.vocabSize;
+    this.banned = input.bannedTokens && input.bannedTokens.size > 0 ? input.bannedTokens : undefined;
+    if (input.promptBlocks) {
+      this.localHashes = input.promptBlocks.local.slice();
+      this.seqHashes = input.promptBlocks.seq.slice();
+      this.tail = input.promptBlocks.tail.slice();
+      if (this.localHashes.length * blockSize + this.tail.length !== input.promptLength) {
+        throw new Error(`prompt blocks cover ${this.localHashes.length * blockSize + this.tail.length} tokens, prompt has ${input.promptLength}`);
+      }
+    } else {
+      this.localHashes = [];
+      this.seqHashes = [];
+      this.tail = [];
+      const tokens = input.promptTokens;
+      if (!tokens || tokens.length !== input.promptLength) throw new Error('promptTokens must have promptLength tokens');
+      const full = Math.floor(tokens.length / blockSize);
+      if (hasher) {
+        let parent: bigint | null = null;
+        for (let b = 0; b < full; b++) {
+          const local = blockHash(hasher, tokens, b * blockSize, (b + 1) * blockSize);
+          parent = sequenceHash(hasher, parent, local);
+          this.localHashes.push(local);
+          this.seqHashes.push(parent);
+        }
+      }
+      if (hasher) for (let i = full * blockSize; i < tokens.length; i++) this.tail.push(tokens[i]);
+    }
+  }
+
+  get allocatedBlocks(): number {
+    return this.blocks.length + this.slots;
+  }
+
+  get isPrefilling(): boolean {
+    return this.computed < this.knownLength - 1 || this.generated === 0;
+  }
+
+  get done(): boolean {
+    return this.generated >= this.maxOutputTokens;
+  }
+
+  /** Draws the next output token: inside the vocabulary and never a banned (stop) id. */
+  drawToken(): number {
+    for (;;) {
+      const token = this.rng.nextInt(this.vocabSize);
+      if (!this.banned || !this.banned.has(token)) return token;
+    }
+  }
+
+  /** Appends a generated token; hashes a block when it fills (only if hashing is on). */
+  appendToken(token: number): void {
+    this.generated++;
+    this.knownLength++;
+    if (!this.hasher) return;
+    this.tail.push(token);
+    if (this.tail.length === this.blockSize) {
+      const local = blockHash(this.hasher, this.tail, 0, this.blockSize);
+      const parent = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
+      this.localHashes.push(local);
+      this.seqHashes.push(sequenceHash(this.hasher, parent, local));
+      this.tail.length = 0;
+    }
+  }
+}

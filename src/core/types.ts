@@ -1,0 +1,41 @@
+// Plain data types shared by the simulation core and its drivers.
+
+export type PreemptionMode = 'lifo' | 'fifo';
+
+/** The engine slice of the configuration: one scheduler + block pool (one DP rank). */
+export interface EngineConfig {
+  numGpuBlocks: number;
+  blockSize: number;
+  maxNumSeqs: number;
+  /** Per-pass token budget; null means unlimited. */
+  maxNumBatchedTokens: number | null;
+  enablePrefixCaching: boolean;
+  enableChunkedPrefill: boolean;
+  /** Fraction of all blocks that admission keeps free. */
+  watermark: number;
+  preemptionMode: PreemptionMode;
+  /** Divides every simulated duration; Infinity means no delay at all. */
+  speedupRatio: number;
+  /** Extra divisor for decode time only. */
+  decodeSpeedupRatio: number;
+  /** Caps prompt + output tokens; null means the model's context length decides. */
+  maxModelLen: number | null;
+}
+
+/** KV cache events as the router sees them; hashes are exact u64 values. */
+export interface StoredBlock {
+  blockHash: bigint;
+  tokensHash: bigint;
+}
+
+export type KvEventData =
+  | { kind: 'stored'; parentHash: bigint | null; blocks: StoredBlock[] }
+  | { kind: 'removed'; blockHashes: bigint[] }
+  | { kind: 'cleared' };
+
+export interface KvEvent {
+  /** Per-DP-rank counter starting at 0. */
+  eventId: number;
+  dpRank: number;
+  data: KvEventData;
+}
