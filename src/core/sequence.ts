@@ -61,31 +61,32 @@ export class Sequence {
     this.rng = input.rng;
     this.vocabSize = input.vocabSize;
     this.banned = input.bannedTokens && input.bannedTokens.size > 0 ? input.bannedTokens : undefined;
+    this.localHashes = [];
+    this.seqHashes = [];
+    this.tail = [];
+    // Without a hasher (prefix caching off) block contents never matter, so tokens are not kept.
+    if (!hasher) return;
     if (input.promptBlocks) {
-      this.localHashes = input.promptBlocks.local.slice();
-      this.seqHashes = input.promptBlocks.seq.slice();
-      this.tail = input.promptBlocks.tail.slice();
-      if (this.localHashes.length * blockSize + this.tail.length !== input.promptLength) {
-        throw new Error(`prompt blocks cover ${this.localHashes.length * blockSize + this.tail.length} tokens, prompt has ${input.promptLength}`);
+      const { local, seq, tail } = input.promptBlocks;
+      if (local.length !== seq.length || local.length * blockSize + tail.length !== input.promptLength) {
+        throw new Error(`prompt blocks cover ${local.length * blockSize + tail.length} tokens, prompt has ${input.promptLength}`);
       }
-    } else {
-      this.localHashes = [];
-      this.seqHashes = [];
-      this.tail = [];
-      const tokens = input.promptTokens;
-      if (!tokens || tokens.length !== input.promptLength) throw new Error('promptTokens must have promptLength tokens');
-      const full = Math.floor(tokens.length / blockSize);
-      if (hasher) {
-        let parent: bigint | null = null;
-        for (let b = 0; b < full; b++) {
-          const local = blockHash(hasher, tokens, b * blockSize, (b + 1) * blockSize);
-          parent = sequenceHash(hasher, parent, local);
-          this.localHashes.push(local);
-          this.seqHashes.push(parent);
-        }
-      }
-      if (hasher) for (let i = full * blockSize; i < tokens.length; i++) this.tail.push(tokens[i]);
+      this.localHashes.push(...local);
+      this.seqHashes.push(...seq);
+      this.tail.push(...tail);
+      return;
     }
+    const tokens = input.promptTokens;
+    if (!tokens || tokens.length !== input.promptLength) throw new Error('promptTokens must have promptLength tokens');
+    const full = Math.floor(tokens.length / blockSize);
+    let parent: bigint | null = null;
+    for (let b = 0; b < full; b++) {
+      const local = blockHash(hasher, tokens, b * blockSize, (b + 1) * blockSize);
+      parent = sequenceHash(hasher, parent, local);
+      this.localHashes.push(local);
+      this.seqHashes.push(parent);
+    }
+    for (let i = full * blockSize; i < tokens.length; i++) this.tail.push(tokens[i]);
   }
 
   get allocatedBlocks(): number {

@@ -1,0 +1,119 @@
+// Command line: the worker (default command), `replay` and `request`; flags map 1:1 to typed configs.
+import { Command, CommanderError, Option } from 'commander';
+import {
+  ConfigError,
+  ENGINE_DEFAULTS,
+  REPLAY_DEFAULTS,
+  WORKER_DEFAULTS,
+  parseReplayConfig,
+  parseWorkerConfig,
+  type RawOptions,
+} from './config.js';
+import { TraceError } from './replay/trace.js';
+
+export interface CliIo {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: Record<string, string | undefined>;
+  isTty: boolean;
+}
+
+const defaultIo = (): CliIo => ({
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  env: process.env,
+  isTty: Boolean(process.stderr.isTTY),
+});
+
+const d = (value: unknown): string => ` (default: ${value})`;
+
+/** Engine flags shared by the worker and replay, with Dynamo's spellings and defaults. */
+function addEngineOptions(cmd: Command): Command {
+  return cmd
+    .option('--num-gpu-blocks-override <n>', `KV cache blocks per DP rank${d(ENGINE_DEFAULTS.numGpuBlocks)}`)
+    .option('--block-size <n>', `tokens per KV block${d(ENGINE_DEFAULTS.blockSize)}`)
+    .option('--max-num-seqs <n>', `maximum concurrent sequences per DP rank${d(ENGINE_DEFAULTS.maxNumSeqs)}`)
+    .option('--max-num-batched-tokens <n>', `token budget per forward pass${d(ENGINE_DEFAULTS.maxNumBatchedTokens)}`)
+    .option('--enable-prefix-caching', `reuse cached KV blocks across requests${d('on')}`)
+    .option('--no-enable-prefix-caching', 'disable prefix caching (and KV events)')
+    .option('--enable-chunked-prefill', `split long prompts across passes${d('on')}`)
+    .option('--no-enable-chunked-prefill', 'disable chunked prefill')
+    .option('--watermark <fraction>', `fraction of KV blocks admission keeps free${d(ENGINE_DEFAULTS.watermark)}`)
+    .addOption(new Option('--preemption-mode <mode>', `victim under KV pressure: newest (lifo) or oldest (fifo)${d(ENGINE_DEFAULTS.preemptionMode)}`).choices(['lifo', 'fifo']))
+    .option('--speedup-ratio <x>', `divide simulated durations by x; 0 or inf = no delays${d(ENGINE_DEFAULTS.speedupRatio)}`)
+    .option('--decode-speedup-ratio <x>', `extra divisor for decode time${d(ENGINE_DEFAULTS.decodeSpeedupRatio)}`)
+    .option('--data-parallel-size <n>', `independent scheduler+KV instances${d(ENGINE_DEFAULTS.dataParallelSize)}`)
+    .option('--planner-profile-data <file.npz>', 'NPZ perf grid for interpolated timing (default: polynomial model)')
+    .option('--extra-engine-args <file.json>', "JSON file with Dynamo's MockEngineArgs keys; overrides the flags")
+    .option('--max-model-len <n>', 'cap on prompt + output tokens (default: the model\'s context length)')
+    .option('--seed <n>', `seed for every random choice${d(ENGINE_DEFAULTS.seed)}`);
+}
+
+export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { value: number }): Command {
+  const program = new Command('dynamo-mocker')
+    .description("GPU-free stand-in for NVIDIA Dynamo's mocker worker (python -m dynamo.mocker)")
+    .version('0.1.0')
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .showHelpAfterError('(run with --help for usage)');
+
+  program
+    .option('--model-path <path>', 'local model directory or HuggingFace repo id (required for the worker)')
+    .option('--model-name <name>', 'served model name (default: the --model-path string)')
+    .option('--endpoint <dyn://ns.component.endpoint>', 'Dynamo endpoint to serve (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
+    .option('--num-workers <n>', `independent workers in this process${d(WORKER_DEFAULTS.numWorkers)}`)
+    .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)');
+  addEngineOptions(program);
+  program.action(async (opts: RawOptions) => {
+    const config = parseWorkerConfig(opts, argv, io.env);
+    const { runWorkerCommand } = await import('./worker-command.js');
+    exitCode.value = await runWorkerCommand(config, io);
+  });
+
+  const replay = new Command('replay')
+    .description('replay a Mooncake-style JSONL trace through the engine on a virtual clock')
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .option('--trace <file.jsonl>', 'trace: one {timestamp, input_length, output_length, hash_ids} object per line')
+    .option('--trace-block-size <n>', `tokens per trace hash id${d(REPLAY_DEFAULTS.traceBlockSize)}`)
+    .option('--arrival-speedup <x>', `open loop: divide trace timestamps by x${d(REPLAY_DEFAULTS.arrivalSpeedup)}`)
+    .option('--concurrency <n>', 'closed loop: keep n requests in flight, ignoring timestamps')
+    .option('--output <file.jsonl>', 'write one JSON line per request, in trace order')
+    .option('--summary <file.json>', 'write the summary as JSON')
+    .option('--model-path <path>', 'local model directory or cached repo id for vocabulary and context length')
+    .option('--no-progress', 'do not print progress to stderr');
+  addEngineOptions(replay);
+  replay.action(async (opts: RawOptions) => {
+    const config = parseReplayConfig(opts, argv);
+    const { runReplay } = await import('./replay/run-replay.js');
+    exitCode.value = await runReplay(config, io);
+  });
+  program.addCommand(replay);
+  return program;
+}
+
+/** Runs the CLI; returns the process exit code (2 for bad flags, 1 for runtime failures). */
+export async function main(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  const exitCode = { value: 0 };
+  const program = buildProgram(io, argv, exitCode);
+  try {
+    await program.parseAsync(argv as string[], { from: 'user' });
+    return exitCode.value;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      return 2;
+    }
+    if (err instanceof ConfigError) {
+      io.err(`dynamo-mocker: ${err.message}\n`);
+      return 2;
+    }
+    if (err instanceof TraceError) {
+      io.err(`dynamo-mocker replay: ${err.message}\n`);
+      return 2;
+    }
+    io.err(`dynamo-mocker: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,36 @@
+// hash-wasm backed XXH3-64 (seeds 1337 and 0) and BLAKE3 hashers, initialised once and synchronous after.
+import { createBLAKE3, createXXHash3, type IHasher } from 'hash-wasm';
+import { KV_HASH_SEED, type Xxh3 } from '../core/hash.js';
+
+/** Xxh3 plus the seed-0 variant the TwoPartCodec checksum uses. */
+export type Xxh3Hasher = Xxh3 & { hash0(bytes: Uint8Array): bigint };
+
+// Copying the 8 digest bytes into one long-lived view is cheaper than a DataView per call.
+const digestBytes = new Uint8Array(8);
+const digestView = new DataView(digestBytes.buffer);
+
+function digest64(hasher: IHasher, bytes: Uint8Array): bigint {
+  hasher.init();
+  hasher.update(bytes);
+  // Canonical XXH3 digest order is big-endian.
+  digestBytes.set(hasher.digest('binary'));
+  return digestView.getBigUint64(0, false);
+}
+
+export async function createXxh3(): Promise<Xxh3Hasher> {
+  // Separate instances: each owns its own WASM memory, so the seeds never clobber each other.
+  const [h1337, h0] = await Promise.all([createXXHash3(KV_HASH_SEED, 0), createXXHash3(0, 0)]);
+  return {
+    hash1337: (bytes) => digest64(h1337, bytes),
+    hash0: (bytes) => digest64(h0, bytes),
+  };
+}
+
+export async function createBlake3Hex(): Promise<(bytes: Uint8Array) => string> {
+  const h = await createBLAKE3();
+  return (bytes) => {
+    h.init();
+    h.update(bytes);
+    return h.digest('hex');
+  };
+}

@@ -1,0 +1,158 @@
+// Synthetic prompt tokens for trace replay: equal hash ids give equal tokens, so prefix reuse is real.
+import { blockHash, sequenceHash, type Xxh3 } from '../core/hash.js';
+import { createRng, mixSeed } from '../core/random.js';
+import type { EngineRequest } from '../core/engine.js';
+import type { TraceRecord } from './trace.js';
+
+const SHARED_CHUNK = 0x68617368; // distinguishes chunks named by a hash id …
+const PRIVATE_CHUNK = 0x70726976; // … from the request-private chunks past the listed ids
+
+/** Block hashes of one hash-id chunk reached through one particular prefix of chunks. */
+interface ChunkNode {
+  local: bigint[];
+  seq: bigint[];
+  children: Map<number, ChunkNode>;
+}
+
+/** How many trace requests walk through each hash-id prefix. */
+interface CountNode {
+  count: number;
+  children: Map<number, CountNode>;
+}
+
+/**
+ * Keys for blocks that no other request can ever share. They sit above 2^64, so they can never
+ * collide with a real XXH3 hash, and they cost nothing to compute. Replay never publishes them.
+ */
+const PRIVATE_KEY_BASE = 1n << 64n;
+
+export class SyntheticPrompts {
+  private readonly root: ChunkNode = { local: [], seq: [], children: new Map() };
+  private readonly localById = new Map<number, bigint[]>();
+  private readonly chunk: Uint32Array;
+  /** When whole KV blocks tile each chunk, hashes can be memoised per chunk. */
+  private readonly aligned: boolean;
+  private readonly counts: CountNode = { count: 0, children: new Map() };
+  private nextPrivateKey = PRIVATE_KEY_BASE;
+
+  constructor(
+    private readonly hasher: Xxh3 | null,
+    private readonly blockSize: number,
+    private readonly traceBlockSize: number,
+    private readonly vocabSize: number,
+    private readonly seed: number,
+  ) {
+    this.chunk = new Uint32Array(traceBlockSize);
+    this.aligned = traceBlockSize % blockSize === 0;
+  }
+
+  /**
+   * Counts the hash-id prefixes of the whole trace, so that prompt blocks only one request walks
+   * through get cheap unique keys instead of real hashes: the cache behaves identically.
+   */
+  prepare(records: readonly TraceRecord[]): void {
+    for (const r of records) {
+      let node = this.counts;
+      for (const id of r.hashIds) {
+        let child = node.children.get(id);
+        if (!child) {
+          child = { count: 0, children: new Map() };
+          node.children.set(id, child);
+        }
+        child.count++;
+        node = child;
+      }
+    }
+  }
+
+  /** The engine request for one trace record (key = trace index). */
+  request(record: TraceRecord): EngineRequest {
+    const base = { key: record.index, promptLength: record.inputLength, maxTokens: record.outputLength, seed: record.index };
+    if (!this.hasher) return { ...base, promptBlocks: { local: [], seq: [], tail: [] } };
+    if (!this.aligned) return { ...base, promptTokens: this.allTokens(record) };
+    return { ...base, promptBlocks: this.blocks(record, this.hasher) };
+  }
+
+  private fillChunk(record: TraceRecord, j: number): Uint32Array {
+    const id = j < record.hashIds.length ? record.hashIds[j] : -1;
+    const seed =
+      id >= 0
+        ? mixSeed(this.seed, SHARED_CHUNK, id % 0x100000000, Math.floor(id / 0x100000000))
+        : mixSeed(this.seed, PRIVATE_CHUNK, record.index, j);
+    const rng = createRng(seed);
+    for (let i = 0; i < this.chunk.length; i++) this.chunk[i] = rng.nextInt(this.vocabSize);
+    return this.chunk;
+  }
+
+  private allTokens(record: TraceRecord): Uint32Array {
+    const out = new Uint32Array(record.inputLength);
+    const S = this.traceBlockSize;
+    for (let j = 0; j * S < record.inputLength; j++) {
+      const n = Math.min(S, record.inputLength - j * S);
+      out.set(this.fillChunk(record, j).subarray(0, n), j * S);
+    }
+    return out;
+  }
+
+  private blocks(record: TraceRecord, hasher: Xxh3): { local: bigint[]; seq: bigint[]; tail: number[] } {
+    const S = this.traceBlockSize;
+    const bs = this.blockSize;
+    const perChunk = S / bs;
+    const local: bigint[] = [];
+    const seq: bigint[] = [];
+    const tail: number[] = [];
+    let node: ChunkNode | null = this.root;
+    let counted: CountNode | undefined = this.counts;
+    let parent: bigint | null = null;
+    for (let j = 0; j * S < record.inputLength; j++) {
+      const chunkLength = Math.min(S, record.inputLength - j * S);
+      const fullBlocks = Math.floor(chunkLength / bs);
+      counted = j < record.hashIds.length ? counted?.children.get(record.hashIds[j]) : undefined;
+      const shared = node !== null && counted !== undefined && counted.count > 1;
+      if (shared) {
+        const id = record.hashIds[j];
+        let child: ChunkNode | undefined = node!.children.get(id);
+        if (!child) {
+          child = this.hashChunk(record, j, parent, hasher, perChunk, id);
+          node!.children.set(id, child);
+        }
+        for (let b = 0; b < fullBlocks; b++) {
+          local.push(child.local[b]);
+          seq.push(child.seq[b]);
+        }
+        node = child;
+      } else {
+        // From here on the prompt is this request's alone: nothing to memoise or hash.
+        for (let b = 0; b < fullBlocks; b++) {
+          const key = this.nextPrivateKey++;
+          local.push(key);
+          seq.push(key);
+        }
+        node = null;
+      }
+      if (seq.length) parent = seq[seq.length - 1];
+      if (chunkLength % bs !== 0) {
+        const tokens = this.fillChunk(record, j);
+        for (let i = fullBlocks * bs; i < chunkLength; i++) tail.push(tokens[i]);
+      }
+    }
+    return { local, seq, tail };
+  }
+
+  private hashChunk(record: TraceRecord, j: number, parent: bigint | null, hasher: Xxh3, blocks: number, id: number): ChunkNode {
+    let local = id >= 0 ? this.localById.get(id) : undefined;
+    if (!local || local.length < blocks) {
+      const tokens = this.fillChunk(record, j);
+      local = [];
+      for (let b = 0; b < blocks; b++) local.push(blockHash(hasher, tokens, b * this.blockSize, (b + 1) * this.blockSize));
+      if (id >= 0) this.localById.set(id, local);
+    }
+    const seq: bigint[] = [];
+    let p = parent;
+    for (let b = 0; b < blocks; b++) {
+      p = sequenceHash(hasher, p, local[b]);
+      seq.push(p);
+    }
+    return { local: blocks === local.length ? local : local.slice(0, blocks), seq, children: new Map() };
+  }
+}
