@@ -6,14 +6,6 @@ import { Sequence, type SequenceInput } from './sequence.js';
 import type { TimingModel } from './timing/timing-model.js';
 import type { EngineConfig, KvEvent } from './types.js';
 
-/** One token emitted by one sequence at the end of a pass. */
-export interface Emission {
-  seq: Sequence;
-  token: number;
-  /** True when this was the sequence's last token (it has been freed). */
-  finished: boolean;
-}
-
 export interface PassResult {
   startMs: number;
   /** When the pass's tokens become visible: start + scaled prefill + scaled decode. */
@@ -27,7 +19,13 @@ export interface PassResult {
   decodeRequests: number;
   /** All tokens computed in this pass (prefill, recompute and decode); 0 means no progress. */
   scheduledTokens: number;
-  emissions: Emission[];
+  /**
+   * Sequences that emitted one token each in this pass, with the tokens at the same index (kept as
+   * two arrays: this is the per-token hot path). A sequence whose status is 'finished' emitted its
+   * last token and has been freed.
+   */
+  emitted: Sequence[];
+  tokens: number[];
   /** Sequences admitted from waiting in this pass (first admission or after preemption). */
   admitted: Sequence[];
   preempted: Sequence[];
@@ -158,8 +156,8 @@ export class Scheduler {
     let budget = this.config.maxNumBatchedTokens ?? Infinity;
     const preempted: Sequence[] = [];
     const admitted: Sequence[] = [];
-    // Tokens scheduled per sequence this pass, and whether that work is prefill.
-    const scheduled = new Map<Sequence, number>();
+    // Sequences given tokens this pass; the count itself lives in seq.passTokens.
+    const scheduled: Sequence[] = [];
 
     // Running requests consume the budget first, in order. Iterate a snapshot: preemption edits
     // the list, and a victim scheduled earlier in this pass gives its budget back.
@@ -172,14 +170,15 @@ export class Scheduler {
       if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - seq.computed) > budget) continue;
       while (!this.allocate(seq, seq.computed + desired)) {
         const victim = this.config.preemptionMode === 'lifo' ? this.running[this.running.length - 1] : this.running[0];
-        budget += scheduled.get(victim) ?? 0;
-        scheduled.delete(victim);
+        budget += victim.passTokens;
+        victim.passTokens = 0;
         this.preempt(victim);
         preempted.push(victim);
         if (victim === seq) break;
       }
       if (seq.status !== 'running') continue;
-      scheduled.set(seq, desired);
+      seq.passTokens = desired;
+      scheduled.push(seq);
       budget -= desired;
     }
 
@@ -198,7 +197,8 @@ export class Scheduler {
         seq.status = 'running';
         this.running.push(seq);
         admitted.push(seq);
-        scheduled.set(seq, desired);
+        seq.passTokens = desired;
+        scheduled.push(seq);
         budget -= desired;
       }
     }
@@ -210,7 +210,10 @@ export class Scheduler {
     let islSum = 0;
     let prefixSum = 0;
     let scheduledTokens = 0;
-    for (const [seq, tokens] of scheduled) {
+    for (const seq of scheduled) {
+      const tokens = seq.passTokens;
+      if (tokens === 0) continue; // preempted after being scheduled
+      seq.passTokens = 0;
       scheduledTokens += tokens;
       const promptBefore = Math.min(seq.computed, seq.promptLength);
       const promptTokens = Math.min(seq.computed + tokens, seq.promptLength) - promptBefore;
@@ -223,7 +226,8 @@ export class Scheduler {
       seq.computed += tokens;
     }
 
-    const emissions: Emission[] = [];
+    const emitted: Sequence[] = [];
+    const tokens: number[] = [];
     let decodeRequests = 0;
     let contextSum = 0;
     for (const seq of this.running) {
@@ -234,20 +238,24 @@ export class Scheduler {
     // Decode cost reads the KV in use while the pass runs, before finished sequences are freed.
     const activeKvTokens = this.pool.activeBlocks * this.config.blockSize;
 
-    for (let i = 0; i < this.running.length; i++) {
-      const seq = this.running[i];
-      if (seq.computed < seq.knownLength) continue;
-      const token = seq.drawToken();
-      seq.appendToken(token);
-      const finished = seq.done;
-      if (finished) {
-        this.free(seq);
-        seq.status = 'finished';
-        this.running.splice(i, 1);
-        i--;
+    const running = this.running;
+    let kept = 0;
+    for (let i = 0; i < running.length; i++) {
+      const seq = running[i];
+      if (seq.computed >= seq.knownLength) {
+        const token = seq.drawToken();
+        seq.appendToken(token);
+        emitted.push(seq);
+        tokens.push(token);
+        if (seq.done) {
+          this.free(seq);
+          seq.status = 'finished';
+          continue;
+        }
       }
-      emissions.push({ seq, token, finished });
+      running[kept++] = seq;
     }
+    running.length = kept;
 
     const prefillMs =
       prefillRequests > 0
@@ -279,7 +287,8 @@ export class Scheduler {
       prefillRequests,
       decodeRequests,
       scheduledTokens,
-      emissions,
+      emitted,
+      tokens,
       admitted,
       preempted,
       kvEvents: this.pool.drainEvents(),
@@ -303,6 +312,7 @@ export class Scheduler {
     if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - cachedTokens) > budget) return 0;
 
     for (let b = 0; b < probe.hitBlocks; b++) seq.blocks.push(this.pool.acquire(seq.seqHashes[b]));
+    seq.committedBlocks = probe.hitBlocks;
     seq.computed = cachedTokens;
     if (!this.allocate(seq, cachedTokens + desired)) {
       // Cannot happen after the gate above; undo to keep the pool consistent if it ever does.
@@ -326,9 +336,10 @@ export class Scheduler {
     }
     if (this.hasher) {
       const full = Math.floor(target / blockSize);
-      const from = seq.blocks.length;
+      const from = seq.committedBlocks;
       if (full > from) {
         this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks);
+        seq.committedBlocks = full;
         seq.slots -= full - from;
       }
     }
@@ -354,6 +365,7 @@ export class Scheduler {
     seq.slots = 0;
     for (let b = seq.blocks.length - 1; b >= 0; b--) this.pool.release(seq.blocks[b]);
     seq.blocks.length = 0;
+    seq.committedBlocks = 0;
   }
 
   private recordHit(promptTokens: number, cachedTokens: number): void {

@@ -1,6 +1,6 @@
 // One request inside the engine: its known tokens as block hashes, its KV blocks and progress.
 import { blockHash, sequenceHash, type Xxh3 } from './hash.js';
-import type { CachedBlock } from './kv/block-pool.js';
+import { PRIVATE_BLOCK_KEY, type CachedBlock } from './kv/block-pool.js';
 import type { Rng } from './random.js';
 
 export type SequenceStatus = 'waiting' | 'running' | 'preempted' | 'finished' | 'cancelled' | 'rejected';
@@ -14,7 +14,10 @@ export interface SequenceInput {
   maxOutputTokens: number;
   /** Prompt token ids; may be omitted when `promptBlocks` carries precomputed hashes. */
   promptTokens?: ArrayLike<number>;
-  /** Precomputed hashes of the prompt's full blocks and the tokens after them. */
+  /**
+   * Precomputed hashes of the prompt's full blocks and the tokens after them (`tail` may be empty
+   * when the last full block is private). The sequence takes ownership of these arrays.
+   */
   promptBlocks?: { local: bigint[]; seq: bigint[]; tail: number[] };
   rng: Rng;
   vocabSize: number;
@@ -33,16 +36,22 @@ export class Sequence {
   readonly seqHashes: bigint[];
   /** Tokens after the last full block. */
   private readonly tail: number[];
+  /** Tokens after the last full block (the tail array stays empty past a private block). */
+  private tailLength = 0;
   /** Tokens known so far: prompt plus generated. */
   knownLength: number;
   /** Tokens whose KV has been computed. */
   computed = 0;
   generated = 0;
-  /** Committed full blocks, in order. */
+  /** Committed full blocks, in order (a run of private blocks is one entry with a count). */
   readonly blocks: CachedBlock[] = [];
+  /** How many full blocks are committed (the sum of the entries' counts). */
+  committedBlocks = 0;
   /** Allocated blocks not yet committed (or all blocks when prefix caching is off). */
   slots = 0;
   preemptions = 0;
+  /** Tokens scheduled for this sequence in the pass being built (scheduler scratch). */
+  passTokens = 0;
   /** Prompt tokens served from the prefix cache at first admission (null before). */
   cachedTokens: number | null = null;
   private readonly rng: Rng;
@@ -61,21 +70,25 @@ export class Sequence {
     this.rng = input.rng;
     this.vocabSize = input.vocabSize;
     this.banned = input.bannedTokens && input.bannedTokens.size > 0 ? input.bannedTokens : undefined;
+    if (hasher && input.promptBlocks) {
+      const { local, seq, tail } = input.promptBlocks;
+      const last = seq.length ? seq[seq.length - 1] : null;
+      const covered = local.length * blockSize + tail.length;
+      if (local.length !== seq.length || (covered !== input.promptLength && !(last === PRIVATE_BLOCK_KEY && covered <= input.promptLength))) {
+        throw new Error(`prompt blocks cover ${covered} tokens, prompt has ${input.promptLength}`);
+      }
+      this.localHashes = local;
+      this.seqHashes = seq;
+      this.tail = tail;
+      // A private prompt's tail is never hashed, so only its length matters.
+      this.tailLength = input.promptLength - local.length * blockSize;
+      return;
+    }
     this.localHashes = [];
     this.seqHashes = [];
     this.tail = [];
     // Without a hasher (prefix caching off) block contents never matter, so tokens are not kept.
     if (!hasher) return;
-    if (input.promptBlocks) {
-      const { local, seq, tail } = input.promptBlocks;
-      if (local.length !== seq.length || local.length * blockSize + tail.length !== input.promptLength) {
-        throw new Error(`prompt blocks cover ${local.length * blockSize + tail.length} tokens, prompt has ${input.promptLength}`);
-      }
-      this.localHashes.push(...local);
-      this.seqHashes.push(...seq);
-      this.tail.push(...tail);
-      return;
-    }
     const tokens = input.promptTokens;
     if (!tokens || tokens.length !== input.promptLength) throw new Error('promptTokens must have promptLength tokens');
     const full = Math.floor(tokens.length / blockSize);
@@ -87,10 +100,11 @@ export class Sequence {
       this.seqHashes.push(parent);
     }
     for (let i = full * blockSize; i < tokens.length; i++) this.tail.push(tokens[i]);
+    this.tailLength = this.tail.length;
   }
 
   get allocatedBlocks(): number {
-    return this.blocks.length + this.slots;
+    return this.committedBlocks + this.slots;
   }
 
   get isPrefilling(): boolean {
@@ -114,13 +128,21 @@ export class Sequence {
     this.generated++;
     this.knownLength++;
     if (!this.hasher) return;
-    this.tail.push(token);
-    if (this.tail.length === this.blockSize) {
-      const local = blockHash(this.hasher, this.tail, 0, this.blockSize);
-      const parent = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
-      this.localHashes.push(local);
-      this.seqHashes.push(sequenceHash(this.hasher, parent, local));
-      this.tail.length = 0;
+    this.tailLength++;
+    const last = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
+    // Nothing after a private block can be shared either, so its tokens are never hashed.
+    const isPrivate = last === PRIVATE_BLOCK_KEY;
+    if (!isPrivate) this.tail.push(token);
+    if (this.tailLength < this.blockSize) return;
+    this.tailLength = 0;
+    if (isPrivate) {
+      this.localHashes.push(PRIVATE_BLOCK_KEY);
+      this.seqHashes.push(PRIVATE_BLOCK_KEY);
+      return;
     }
+    const local = blockHash(this.hasher, this.tail, 0, this.blockSize);
+    this.localHashes.push(local);
+    this.seqHashes.push(sequenceHash(this.hasher, last, local));
+    this.tail.length = 0;
   }
 }

@@ -122,12 +122,13 @@ export class OfflineDriver {
         const result = rank.step(now);
         this.passes++;
         this.freeAt[r] = result.endMs;
-        if (result.scheduledTokens === 0 && result.emissions.length === 0) this.stalled[r] = true;
+        if (result.scheduledTokens === 0 && result.emitted.length === 0) this.stalled[r] = true;
         this.callbacks.onPass?.(r, result);
         const { onToken, onFinish } = this.callbacks;
-        for (const e of result.emissions) {
-          onToken?.(e.seq, e.token, result.endMs);
-          if (e.finished) onFinish?.(e.seq, result.endMs);
+        const { emitted, tokens } = result;
+        for (let i = 0; i < emitted.length; i++) {
+          onToken?.(emitted[i], tokens[i], result.endMs);
+          if (emitted[i].status === 'finished') onFinish?.(emitted[i], result.endMs);
         }
       }
     }

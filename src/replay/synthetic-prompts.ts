@@ -2,6 +2,7 @@
 import { blockHash, sequenceHash, type Xxh3 } from '../core/hash.js';
 import { createRng, mixSeed } from '../core/random.js';
 import type { EngineRequest } from '../core/engine.js';
+import { PRIVATE_BLOCK_KEY } from '../core/kv/block-pool.js';
 import type { TraceRecord } from './trace.js';
 
 const SHARED_CHUNK = 0x68617368; // distinguishes chunks named by a hash id …
@@ -20,11 +21,6 @@ interface CountNode {
   children: Map<number, CountNode>;
 }
 
-/**
- * Keys for blocks that no other request can ever share. They sit above 2^64, so they can never
- * collide with a real XXH3 hash, and they cost nothing to compute. Replay never publishes them.
- */
-const PRIVATE_KEY_BASE = 1n << 64n;
 
 export class SyntheticPrompts {
   private readonly root: ChunkNode = { local: [], seq: [], children: new Map() };
@@ -33,7 +29,6 @@ export class SyntheticPrompts {
   /** When whole KV blocks tile each chunk, hashes can be memoised per chunk. */
   private readonly aligned: boolean;
   private readonly counts: CountNode = { count: 0, children: new Map() };
-  private nextPrivateKey = PRIVATE_KEY_BASE;
 
   constructor(
     private readonly hasher: Xxh3 | null,
@@ -48,7 +43,7 @@ export class SyntheticPrompts {
 
   /**
    * Counts the hash-id prefixes of the whole trace, so that prompt blocks only one request walks
-   * through get cheap unique keys instead of real hashes: the cache behaves identically.
+   * through are marked private instead of hashed: the cache behaves identically.
    */
   prepare(records: readonly TraceRecord[]): void {
     for (const r of records) {
@@ -73,14 +68,15 @@ export class SyntheticPrompts {
     return { ...base, promptBlocks: this.blocks(record, this.hasher) };
   }
 
-  private fillChunk(record: TraceRecord, j: number): Uint32Array {
+  /** Fills the chunk buffer with the first `length` tokens of chunk `j` of `record`. */
+  private fillChunk(record: TraceRecord, j: number, length = this.traceBlockSize): Uint32Array {
     const id = j < record.hashIds.length ? record.hashIds[j] : -1;
     const seed =
       id >= 0
         ? mixSeed(this.seed, SHARED_CHUNK, id % 0x100000000, Math.floor(id / 0x100000000))
         : mixSeed(this.seed, PRIVATE_CHUNK, record.index, j);
     const rng = createRng(seed);
-    for (let i = 0; i < this.chunk.length; i++) this.chunk[i] = rng.nextInt(this.vocabSize);
+    for (let i = 0; i < length; i++) this.chunk[i] = rng.nextInt(this.vocabSize);
     return this.chunk;
   }
 
@@ -89,7 +85,7 @@ export class SyntheticPrompts {
     const S = this.traceBlockSize;
     for (let j = 0; j * S < record.inputLength; j++) {
       const n = Math.min(S, record.inputLength - j * S);
-      out.set(this.fillChunk(record, j).subarray(0, n), j * S);
+      out.set(this.fillChunk(record, j, n).subarray(0, n), j * S);
     }
     return out;
   }
@@ -124,15 +120,15 @@ export class SyntheticPrompts {
       } else {
         // From here on the prompt is this request's alone: nothing to memoise or hash.
         for (let b = 0; b < fullBlocks; b++) {
-          const key = this.nextPrivateKey++;
-          local.push(key);
-          seq.push(key);
+          local.push(PRIVATE_BLOCK_KEY);
+          seq.push(PRIVATE_BLOCK_KEY);
         }
         node = null;
       }
       if (seq.length) parent = seq[seq.length - 1];
-      if (chunkLength % bs !== 0) {
-        const tokens = this.fillChunk(record, j);
+      // The tail only matters when the block it starts could be shared, i.e. its parent is not private.
+      if (chunkLength % bs !== 0 && parent !== PRIVATE_BLOCK_KEY) {
+        const tokens = this.fillChunk(record, j, chunkLength);
         for (let i = fullBlocks * bs; i < chunkLength; i++) tail.push(tokens[i]);
       }
     }
@@ -142,7 +138,7 @@ export class SyntheticPrompts {
   private hashChunk(record: TraceRecord, j: number, parent: bigint | null, hasher: Xxh3, blocks: number, id: number): ChunkNode {
     let local = id >= 0 ? this.localById.get(id) : undefined;
     if (!local || local.length < blocks) {
-      const tokens = this.fillChunk(record, j);
+      const tokens = this.fillChunk(record, j, blocks * this.blockSize);
       local = [];
       for (let b = 0; b < blocks; b++) local.push(blockHash(hasher, tokens, b * this.blockSize, (b + 1) * this.blockSize));
       if (id >= 0) this.localById.set(id, local);

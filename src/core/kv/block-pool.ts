@@ -1,10 +1,22 @@
 // KV block pool: active blocks with refcounts, cached inactive blocks in an LRU, KV events as data.
 import type { KvEvent, StoredBlock } from '../types.js';
 
+/**
+ * Key for a full block that provably no other request can share (trace replay knows this in
+ * advance). It is above 2^64, so no real hash equals it; such blocks occupy capacity and age in
+ * the LRU like any other, but are never looked up, announced or hashed.
+ */
+export const PRIVATE_BLOCK_KEY = 1n << 64n;
+
 /** A full block, keyed by its chained sequence hash. */
 export interface CachedBlock {
   readonly hash: bigint;
   readonly tokensHash: bigint;
+  /**
+   * 1 for a real block. A run of consecutive private blocks of one sequence is one entry: they are
+   * committed, freed and aged together, and eviction may take part of a run.
+   */
+  count: number;
   refCount: number;
   /** Logical time at which the block last became inactive (LRU order). */
   freedAt: number;
@@ -120,6 +132,12 @@ export class BlockPool {
     let runParent: bigint | null = null;
     for (let i = from; i < to; i++) {
       const hash = hashes[i];
+      if (hash === PRIVATE_BLOCK_KEY) {
+        const last = out.length ? out[out.length - 1] : null;
+        if (last && last.hash === PRIVATE_BLOCK_KEY) last.count++;
+        else out.push({ hash, tokensHash: hash, count: 1, refCount: 1, freedAt: -1, prev: null, next: null });
+        continue;
+      }
       const existing = this.cache.get(hash);
       if (existing) {
         if (run) {
@@ -130,7 +148,7 @@ export class BlockPool {
         out.push(this.acquire(hash));
         continue;
       }
-      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], refCount: 1, freedAt: -1, prev: null, next: null };
+      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, refCount: 1, freedAt: -1, prev: null, next: null };
       this.cache.set(hash, block);
       out.push(block);
       if (!run) {
@@ -147,8 +165,8 @@ export class BlockPool {
     if (block.refCount <= 0) throw new Error(`release of inactive block ${block.hash}`);
     block.refCount--;
     if (block.refCount > 0) return;
-    this.active--;
-    this.inactive++;
+    this.active -= block.count;
+    this.inactive += block.count;
     block.freedAt = this.clock++;
     block.prev = this.lruTail;
     block.next = null;
@@ -166,15 +184,23 @@ export class BlockPool {
 
   private evict(count: number): void {
     const removed: bigint[] = [];
-    for (let i = 0; i < count; i++) {
+    for (let left = count; left > 0; ) {
       const victim = this.lruHead;
       if (!victim) throw new Error('evict with no inactive block');
+      if (victim.count > left) {
+        // Only private runs have a count above 1: take part of the run.
+        victim.count -= left;
+        this.inactive -= left;
+        break;
+      }
       this.unlink(victim);
-      this.inactive--;
+      this.inactive -= victim.count;
+      left -= victim.count;
+      if (victim.hash === PRIVATE_BLOCK_KEY) continue;
       this.cache.delete(victim.hash);
       removed.push(victim.hash);
     }
-    this.emit({ kind: 'removed', blockHashes: removed });
+    if (removed.length) this.emit({ kind: 'removed', blockHashes: removed });
   }
 
   private unlink(block: CachedBlock): void {
