@@ -71,27 +71,41 @@ export class Engine {
     return limit === null ? maxTokens : Math.min(maxTokens, limit - promptLength);
   }
 
-  submit(req: EngineRequest): SubmitResult {
+  /** The DP rank a request goes to: the router's choice if valid, else round-robin. */
+  route(dpRank: number | null | undefined): number | SubmitError {
     const { dataParallelSize } = this.setup;
-    let rank: number;
-    if (req.dpRank !== undefined && req.dpRank !== null) {
-      if (!Number.isInteger(req.dpRank) || req.dpRank < 0 || req.dpRank >= dataParallelSize) {
-        return { ok: false, kind: 'dp-rank', reason: `dp_rank ${req.dpRank} is out of range: this worker has data_parallel_size ${dataParallelSize}` };
-      }
-      rank = req.dpRank;
-    } else {
-      rank = this.nextRank;
+    if (dpRank === undefined || dpRank === null) {
+      const rank = this.nextRank;
       this.nextRank = (this.nextRank + 1) % dataParallelSize;
+      return rank;
     }
+    if (!Number.isInteger(dpRank) || dpRank < 0 || dpRank >= dataParallelSize) {
+      return { ok: false, kind: 'dp-rank', reason: `dp_rank ${dpRank} is out of range: this worker has data_parallel_size ${dataParallelSize}` };
+    }
+    return dpRank;
+  }
+
+  /** Every static reason to refuse a request; returns its exact output length otherwise. */
+  check(req: Pick<EngineRequest, 'promptLength' | 'maxTokens'>, rank: number): number | SubmitError {
     if (req.promptLength < 1) return { ok: false, kind: 'invalid', reason: 'token_ids must not be empty' };
-    if (!this.setup.enableChunkedPrefill && this.setup.maxNumBatchedTokens !== null && req.promptLength > this.setup.maxNumBatchedTokens) {
+    const { enableChunkedPrefill, maxNumBatchedTokens } = this.setup;
+    if (!enableChunkedPrefill && maxNumBatchedTokens !== null && req.promptLength > maxNumBatchedTokens) {
       return {
         ok: false,
         kind: 'rejected',
-        reason: `request rejected: prompt of ${req.promptLength} tokens exceeds max_num_batched_tokens ${this.setup.maxNumBatchedTokens} with chunked prefill disabled`,
+        reason: `request rejected: prompt of ${req.promptLength} tokens exceeds max_num_batched_tokens ${maxNumBatchedTokens} with chunked prefill disabled`,
       };
     }
     const output = this.outputLength(req.promptLength, req.maxTokens);
+    if (typeof output !== 'number') return output;
+    const refusal = this.ranks[rank].refusal(req.promptLength, output);
+    return refusal === null ? output : { ok: false, kind: 'rejected', reason: refusal };
+  }
+
+  submit(req: EngineRequest): SubmitResult {
+    const rank = this.route(req.dpRank);
+    if (typeof rank !== 'number') return rank;
+    const output = this.check(req, rank);
     if (typeof output !== 'number') return output;
     const seed = mixSeed(this.setup.seed, req.seed ?? this.arrivals);
     this.arrivals++;

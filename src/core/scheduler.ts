@@ -94,24 +94,9 @@ export class Scheduler {
    * blocking the queue forever.
    */
   add(input: SequenceInput): AddResult {
-    const { blockSize, numGpuBlocks, watermark } = this.config;
-    if (input.promptLength < 1) return { ok: false, reason: 'request has an empty prompt' };
-    const promptBlocks = Math.ceil(input.promptLength / blockSize);
-    const admissible = numGpuBlocks - watermark * numGpuBlocks;
-    if (promptBlocks > admissible) {
-      return {
-        ok: false,
-        reason: `request rejected: prompt of ${input.promptLength} tokens needs ${promptBlocks} KV blocks, more than the ${Math.floor(admissible)} this worker can admit`,
-      };
-    }
-    const peakBlocks = Math.ceil((input.promptLength + Math.max(0, input.maxOutputTokens - 1)) / blockSize);
-    if (peakBlocks > numGpuBlocks) {
-      return {
-        ok: false,
-        reason: `request rejected: ${input.promptLength} prompt + ${input.maxOutputTokens} output tokens need ${peakBlocks} KV blocks, more than the ${numGpuBlocks} this worker has`,
-      };
-    }
-    const seq = new Sequence(input, blockSize, this.hasher);
+    const refusal = this.refusal(input.promptLength, input.maxOutputTokens);
+    if (refusal !== null) return { ok: false, reason: refusal };
+    const seq = new Sequence(input, this.config.blockSize, this.hasher);
     if (seq.maxOutputTokens <= 0) {
       seq.status = 'finished';
       return { ok: true, seq };
@@ -119,6 +104,22 @@ export class Scheduler {
     this.waiting.pushBack(seq);
     this.waitingLive++;
     return { ok: true, seq };
+  }
+
+  /** Why a request of this shape can never be served here, or null if it can. */
+  refusal(promptLength: number, maxOutputTokens: number): string | null {
+    const { blockSize, numGpuBlocks, watermark } = this.config;
+    if (promptLength < 1) return 'request has an empty prompt';
+    const promptBlocks = Math.ceil(promptLength / blockSize);
+    const admissible = numGpuBlocks - watermark * numGpuBlocks;
+    if (promptBlocks > admissible) {
+      return `request rejected: prompt of ${promptLength} tokens needs ${promptBlocks} KV blocks, more than the ${Math.floor(admissible)} this worker can admit`;
+    }
+    const peakBlocks = Math.ceil((promptLength + Math.max(0, maxOutputTokens - 1)) / blockSize);
+    if (peakBlocks > numGpuBlocks) {
+      return `request rejected: ${promptLength} prompt + ${maxOutputTokens} output tokens need ${peakBlocks} KV blocks, more than the ${numGpuBlocks} this worker has`;
+    }
+    return null;
   }
 
   /** Stops a request at once and frees its KV blocks. Returns false if it was not live. */

@@ -1,0 +1,111 @@
+// Drives the engine in real time: one loop per DP rank, each pass sleeping until its simulated end.
+import type { Clock } from '../clock/clock.js';
+import type { Engine, EngineRequest, SubmitResult } from '../core/engine.js';
+import type { PassResult } from '../core/scheduler.js';
+import type { Sequence } from '../core/sequence.js';
+
+/** Receives one request's output. `token` is null only for a request that needs no tokens. */
+export interface TokenSink {
+  emit(token: number | null, atMs: number, finished: boolean): void;
+}
+
+export interface LiveEngineHooks {
+  /** Called when a pass starts, with its result (KV events are visible from pass start, as in Dynamo). */
+  onPassStart?(rank: number, result: PassResult): void;
+  /** Called after a pass's tokens were delivered. */
+  onPassEnd?(rank: number, result: PassResult): void;
+}
+
+const yieldToIo = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+export class LiveEngine {
+  private readonly sinks = new Map<Sequence, TokenSink>();
+  private readonly wakers: Array<(() => void) | null>;
+  private readonly stalled: boolean[];
+  private readonly loops: Promise<void>[] = [];
+  private stopped = false;
+  private nextKey = 0;
+
+  constructor(
+    readonly engine: Engine,
+    private readonly clock: Clock,
+    private readonly hooks: LiveEngineHooks = {},
+  ) {
+    this.wakers = engine.ranks.map(() => null);
+    this.stalled = engine.ranks.map(() => false);
+  }
+
+  start(): void {
+    for (let r = 0; r < this.engine.ranks.length; r++) this.loops.push(this.runRank(r));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (let r = 0; r < this.wakers.length; r++) this.wake(r);
+    await Promise.all(this.loops);
+  }
+
+  /** Live requests (admitted to the engine and not finished). */
+  get activeRequests(): number {
+    return this.sinks.size;
+  }
+
+  /** Hands a request to the engine; tokens arrive on `sink` at the end of each pass. */
+  submit(req: Omit<EngineRequest, 'key'>, sink: TokenSink): SubmitResult {
+    const result = this.engine.submit({ ...req, key: this.nextKey++ });
+    if (!result.ok) return result;
+    if (result.seq.status === 'finished') {
+      sink.emit(null, this.clock.now(), true);
+      return result;
+    }
+    this.sinks.set(result.seq, sink);
+    this.wake(result.rank);
+    return result;
+  }
+
+  /** Stops a request at once, freeing its KV blocks; no further tokens reach its sink. */
+  cancel(seq: Sequence, rank: number): boolean {
+    this.sinks.delete(seq);
+    const cancelled = this.engine.ranks[rank].cancel(seq);
+    if (cancelled) this.wake(rank);
+    return cancelled;
+  }
+
+  private wake(rank: number): void {
+    this.stalled[rank] = false;
+    const waker = this.wakers[rank];
+    this.wakers[rank] = null;
+    waker?.();
+  }
+
+  private async runRank(r: number): Promise<void> {
+    const rank = this.engine.ranks[r];
+    while (!this.stopped) {
+      if (rank.idle || this.stalled[r]) {
+        await new Promise<void>((resolve) => (this.wakers[r] = resolve));
+        continue;
+      }
+      const start = this.clock.now();
+      const result = rank.step(start);
+      this.hooks.onPassStart?.(r, result);
+      if (result.scheduledTokens === 0 && result.emitted.length === 0) {
+        // Nothing can move until a request arrives or is cancelled.
+        this.stalled[r] = true;
+        continue;
+      }
+      if (result.endMs > start) await this.clock.sleepUntil(result.endMs);
+      else await yieldToIo();
+      const at = this.clock.now();
+      const { emitted, tokens } = result;
+      for (let i = 0; i < emitted.length; i++) {
+        const seq = emitted[i];
+        const sink = this.sinks.get(seq);
+        if (!sink) continue; // cancelled while the pass ran
+        const finished = seq.status === 'finished';
+        if (finished) this.sinks.delete(seq);
+        sink.emit(tokens[i], at, finished);
+      }
+      this.hooks.onPassEnd?.(r, result);
+    }
+  }
+}
