@@ -94,7 +94,7 @@ export class Scheduler {
    * blocking the queue forever.
    */
   add(input: SequenceInput): AddResult {
-    const refusal = this.refusal(input.promptLength, input.maxOutputTokens);
+    const refusal = this.refusal(input.promptLength, input.maxOutputTokens) ?? vocabularyRefusal(input);
     if (refusal !== null) return { ok: false, reason: refusal };
     const seq = new Sequence(input, this.config.blockSize, this.hasher);
     if (seq.maxOutputTokens <= 0) {
@@ -115,9 +115,10 @@ export class Scheduler {
     if (promptBlocks > admissible) {
       return `request rejected: prompt of ${promptLength} tokens needs ${promptBlocks} KV blocks, more than the ${Math.floor(admissible)} this worker can admit`;
     }
+    // A preempted request must be readmitted with everything it generated, under the same gate.
     const peakBlocks = Math.ceil((promptLength + Math.max(0, maxOutputTokens - 1)) / blockSize);
-    if (peakBlocks > numGpuBlocks) {
-      return `request rejected: ${promptLength} prompt + ${maxOutputTokens} output tokens need ${peakBlocks} KV blocks, more than the ${numGpuBlocks} this worker has`;
+    if (peakBlocks > admissible) {
+      return `request rejected: ${promptLength} prompt + ${maxOutputTokens} output tokens need ${peakBlocks} KV blocks, more than the ${Math.floor(admissible)} this worker can admit`;
     }
     return null;
   }
@@ -379,6 +380,15 @@ export class Scheduler {
     this.prefixQueryTokens += promptTokens;
     this.prefixHitTokens += cachedTokens;
   }
+}
+
+/** A request whose stop tokens cover the whole vocabulary could never draw a token. */
+function vocabularyRefusal(input: SequenceInput): string | null {
+  const banned = input.bannedTokens;
+  if (input.maxOutputTokens <= 0 || !banned || banned.size < input.vocabSize) return null;
+  let inside = 0;
+  for (const t of banned) if (t >= 0 && t < input.vocabSize) inside++;
+  return inside >= input.vocabSize ? `every id of the ${input.vocabSize}-token vocabulary is a stop token` : null;
 }
 
 function scale(ms: number, ratio: number): number {

@@ -74,7 +74,9 @@ export class Sequence {
       const { local, seq, tail } = input.promptBlocks;
       const last = seq.length ? seq[seq.length - 1] : null;
       const covered = local.length * blockSize + tail.length;
-      if (local.length !== seq.length || (covered !== input.promptLength && !(last === PRIVATE_BLOCK_KEY && covered <= input.promptLength))) {
+      const fullBlocks = Math.floor(input.promptLength / blockSize);
+      const tailOk = covered === input.promptLength || (last === PRIVATE_BLOCK_KEY && tail.length === 0);
+      if (local.length !== seq.length || local.length !== fullBlocks || !tailOk) {
         throw new Error(`prompt blocks cover ${covered} tokens, prompt has ${input.promptLength}`);
       }
       this.localHashes = local;
