@@ -230,13 +230,7 @@ export class Scheduler {
 
     const emitted: Sequence[] = [];
     const tokens: number[] = [];
-    let decodeRequests = 0;
     let contextSum = 0;
-    for (const seq of this.running) {
-      if (seq.computed < seq.knownLength) continue;
-      decodeRequests++;
-      contextSum += seq.knownLength;
-    }
     // Decode cost reads the KV in use while the pass runs, before finished sequences are freed.
     const activeKvTokens = this.pool.activeBlocks * this.config.blockSize;
 
@@ -245,6 +239,7 @@ export class Scheduler {
     for (let i = 0; i < running.length; i++) {
       const seq = running[i];
       if (seq.computed >= seq.knownLength) {
+        contextSum += seq.knownLength;
         const token = seq.drawToken();
         seq.appendToken(token);
         emitted.push(seq);
@@ -258,6 +253,7 @@ export class Scheduler {
       running[kept++] = seq;
     }
     running.length = kept;
+    const decodeRequests = emitted.length;
 
     const prefillMs =
       prefillRequests > 0

@@ -8,6 +8,9 @@ import type { KvEvent, StoredBlock } from '../types.js';
  */
 export const PRIVATE_BLOCK_KEY = 1n << 64n;
 
+/** Shared result for passes without events (most of them when the cache is warm). */
+const NO_EVENTS: KvEvent[] = [];
+
 /** A full block, keyed by its chained sequence hash. */
 export interface CachedBlock {
   readonly hash: bigint;
@@ -178,6 +181,7 @@ export class BlockPool {
   /** Events produced since the last drain, in order. */
   drainEvents(): KvEvent[] {
     const events = this.pending;
+    if (events.length === 0) return NO_EVENTS;
     this.pending = [];
     return events;
   }
