@@ -63,7 +63,10 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--model-name <name>', 'served model name (default: the --model-path string)')
     .option('--endpoint <dyn://ns.component.endpoint>', 'Dynamo endpoint to serve (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
     .option('--num-workers <n>', `independent workers in this process${d(WORKER_DEFAULTS.numWorkers)}`)
-    .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)');
+    .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)')
+    .addOption(
+      new Option('--dynamo-version <version>', `wire protocol generation: 0.6.1 (card files as local paths) or 0.6.0 (card files in the NATS object store)${d(WORKER_DEFAULTS.dynamoVersion)}`).choices(['0.6.0', '0.6.1']),
+    );
   addEngineOptions(program);
   program.action(async (opts: RawOptions) => {
     const config = parseWorkerConfig(opts, argv, io.env);

@@ -16,6 +16,9 @@ export interface LiveEngineHooks {
   onPassEnd?(rank: number, result: PassResult): void;
 }
 
+/** Delivery overhead up to this much is absorbed instead of delaying the next pass. */
+const CATCH_UP_MS = 5;
+
 const yieldToIo = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export class LiveEngine {
@@ -80,20 +83,27 @@ export class LiveEngine {
 
   private async runRank(r: number): Promise<void> {
     const rank = this.engine.ranks[r];
+    // End of the previous pass while the rank is busy: the next pass starts there, so the time spent
+    // delivering tokens does not stretch the simulated timeline (unless the process falls behind).
+    let lastEnd: number | null = null;
     while (!this.stopped) {
       if (rank.idle || this.stalled[r]) {
+        lastEnd = null;
         await new Promise<void>((resolve) => (this.wakers[r] = resolve));
         continue;
       }
-      const start = this.clock.now();
+      const now = this.clock.now();
+      const start = lastEnd !== null && now - lastEnd <= CATCH_UP_MS ? lastEnd : now;
       const result = rank.step(start);
       this.hooks.onPassStart?.(r, result);
       if (result.scheduledTokens === 0 && result.emitted.length === 0) {
         // Nothing can move until a request arrives or is cancelled.
         this.stalled[r] = true;
+        lastEnd = null;
         continue;
       }
-      if (result.endMs > start) await this.clock.sleepUntil(result.endMs);
+      lastEnd = result.endMs;
+      if (result.endMs > this.clock.now()) await this.clock.sleepUntil(result.endMs);
       else await yieldToIo();
       const at = this.clock.now();
       const { emitted, tokens } = result;

@@ -1,0 +1,47 @@
+// Dynamo's names: slugs, NATS subjects, etcd keys and stream names derived from an endpoint and lease.
+import type { EndpointId } from '../config.js';
+
+/** Dynamo's Slug::slugify: lowercase, anything outside [a-z0-9-_] becomes '_', leading '_' stripped. */
+export function slugify(s: string): string {
+  return s
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]/g, '_')
+    .replace(/^_+/, '');
+}
+
+/** NATS service name of a component: slugify("{ns}_{component}"). */
+export function serviceName(ep: EndpointId): string {
+  return slugify(`${ep.namespace}_${ep.component}`);
+}
+
+/** Rust's `{:x}` of the lease id: lowercase hex, no prefix, no leading zeros. */
+export function leaseHex(id: bigint): string {
+  return id.toString(16);
+}
+
+export function requestSubject(ep: EndpointId, leaseId: bigint): string {
+  return `${serviceName(ep)}.${ep.endpoint}-${leaseHex(leaseId)}`;
+}
+
+export function instanceKey(ep: EndpointId, leaseId: bigint): string {
+  return `v1/instances/${ep.namespace}/${ep.component}/${ep.endpoint}/${leaseHex(leaseId)}`;
+}
+
+/** The prefix the frontend watches (no trailing slash, as Dynamo does). */
+export function instancePrefix(ep: EndpointId): string {
+  return `v1/instances/${ep.namespace}/${ep.component}/${ep.endpoint}`;
+}
+
+export function cardKey(ep: EndpointId, leaseId: bigint): string {
+  return `v1/mdc/${ep.namespace}/${ep.component}/${ep.endpoint}/${leaseHex(leaseId)}`;
+}
+
+/** JetStream stream of a component's KV events: slugify("namespace.{ns}.component.{cp}.kv_events") with '_' → '-'. */
+export function kvEventStreamName(namespace: string, component: string): string {
+  return slugify(`namespace.${namespace}.component.${component}.kv_events`).replace(/_/g, '-');
+}
+
+/** Core-NATS subject of load events (raw namespace, not slugified). */
+export function kvMetricsSubject(namespace: string): string {
+  return `namespace.${namespace}.kv_metrics`;
+}

@@ -1,0 +1,152 @@
+// Real nats-server and etcd processes on ephemeral loopback ports with temp data dirs, for tests.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface ServerHandle {
+  url: string;
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
+/** True if the binary exists. In CI a missing binary is an error, never a skip. */
+export function requireBinary(name: string): boolean {
+  const found = spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+  if (!found && process.env.CI === 'true') throw new Error(`${name} is not installed (CI must install the Debian package)`);
+  return found;
+}
+
+export const haveServers = (): boolean => requireBinary('nats-server') && requireBinary('etcd');
+
+/** Polls `cond` until it holds or the deadline passes (waits on a condition, never a fixed sleep). */
+export async function waitFor(cond: () => boolean | Promise<boolean>, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<void> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  for (;;) {
+    if (await cond()) return;
+    if (Date.now() > deadline) throw new Error(`timed out: ${opts.message ?? 'condition not met'}`);
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 10));
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = new Socket();
+    s.once('error', () => resolve(false));
+    s.connect(port, '127.0.0.1', () => {
+      s.destroy();
+      resolve(true);
+    });
+  });
+}
+
+function launch(cmd: string, args: string[], dir: string): { proc: ChildProcess; output: () => string; exited: () => boolean } {
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(proc);
+  let out = '';
+  let exited = false;
+  proc.stdout!.on('data', (d) => (out = (out + d).slice(-8000)));
+  proc.stderr!.on('data', (d) => (out = (out + d).slice(-8000)));
+  proc.once('exit', () => {
+    exited = true;
+    live.delete(proc);
+  });
+  void dir;
+  return { proc, output: () => out, exited: () => exited };
+}
+
+async function stopProcess(proc: ChildProcess, dir: string): Promise<void> {
+  if (proc.exitCode === null && proc.signalCode === null) {
+    const gone = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+    await gone;
+    clearTimeout(timer);
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function startWithRetry(start: () => Promise<ServerHandle>): Promise<ServerHandle> {
+  let last: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+export function startNats(opts: { jetstream?: boolean } = {}): Promise<ServerHandle> {
+  return startWithRetry(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nats-test-'));
+    const port = await freePort();
+    const args = ['-a', '127.0.0.1', '-p', String(port)];
+    if (opts.jetstream !== false) args.push('-js', '-sd', dir);
+    const p = launch('nats-server', args, dir);
+    try {
+      await waitFor(async () => {
+        if (p.exited()) throw new Error(`nats-server exited: ${p.output()}`);
+        return (opts.jetstream === false || /Server is ready/.test(p.output())) && (await canConnect(port));
+      }, { timeoutMs: 10_000, message: `nats-server on ${port}: ${p.output()}` });
+    } catch (err) {
+      await stopProcess(p.proc, dir);
+      throw err;
+    }
+    return { url: `nats://127.0.0.1:${port}`, port, pid: p.proc.pid!, stop: () => stopProcess(p.proc, dir) };
+  });
+}
+
+export function startEtcd(): Promise<ServerHandle> {
+  return startWithRetry(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'etcd-test-'));
+    const port = await freePort();
+    const peer = await freePort();
+    const client = `http://127.0.0.1:${port}`;
+    const peerUrl = `http://127.0.0.1:${peer}`;
+    const p = launch(
+      'etcd',
+      [
+        '--data-dir', dir, '--name', 'default',
+        '--listen-client-urls', client, '--advertise-client-urls', client,
+        '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
+        '--initial-cluster', `default=${peerUrl}`, '--log-level', 'error',
+      ],
+      dir,
+    );
+    try {
+      await waitFor(async () => {
+        if (p.exited()) throw new Error(`etcd exited: ${p.output()}`);
+        try {
+          const res = await fetch(`${client}/health`);
+          return res.ok && ((await res.json()) as { health?: string }).health === 'true';
+        } catch {
+          return false;
+        }
+      }, { timeoutMs: 15_000, intervalMs: 25, message: `etcd on ${port}: ${p.output()}` });
+    } catch (err) {
+      await stopProcess(p.proc, dir);
+      throw err;
+    }
+    return { url: client, port, pid: p.proc.pid!, stop: () => stopProcess(p.proc, dir) };
+  });
+}
