@@ -6,7 +6,10 @@ import type { CliIo } from './cli.js';
 import type { WorkerConfig } from './config.js';
 import { ConnectionError, connectEtcd, connectNats } from './dynamo/connections.js';
 import { buildModelCard, uploadCardFilesToObjectStore } from './dynamo/model-card.js';
-import { slugify } from './dynamo/names.js';
+import { KvEventPublisher, ensureKvEventStream } from './dynamo/kv-event-publisher.js';
+import { LoadPublisher } from './dynamo/load-publisher.js';
+import { kvEventStreamName, kvMetricsSubject, leaseHex, slugify } from './dynamo/names.js';
+import { EngineMetrics } from './metrics/engine-metrics.js';
 import { createBlake3Hex, createXxh3 } from './hashing/xxh3.js';
 import { createLogger } from './log.js';
 import { HealthState } from './metrics/health.js';
@@ -16,7 +19,7 @@ import { checkedFiles } from './model/card-files.js';
 import { DEFAULT_VOCAB_SIZE, readModelInfo } from './model/model-info.js';
 import { resolveModelFiles } from './model/resolve-model.js';
 import { loadTimingModel } from './npz/profile-loader.js';
-import { startWorker, type RunningWorker, type WorkerShared } from './worker.js';
+import { startWorker, type RunningWorker, type WorkerObservers, type WorkerShared } from './worker.js';
 
 function graceMs(env: Record<string, string | undefined>): number {
   const raw = env.DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT;
@@ -106,6 +109,55 @@ export async function runWorkerCommand(config: WorkerConfig, io: CliIo): Promise
       model: { vocabSize: info.vocabSize, contextLength: info.contextLength, eosTokenIds: info.eosTokenIds },
       cardJson,
       onLeaseLost: (reason) => leaseLostListener?.(reason),
+    };
+    const { namespace, component } = config.endpoint;
+    const kvStream = kvEventStreamName(namespace, component);
+    // Dynamo publishes KV events only with prefix caching on (nothing is reusable otherwise).
+    if (config.engine.enablePrefixCaching) await ensureKvEventStream(nats, kvStream, io.env);
+    const histogramMaxLen = config.engine.maxModelLen ?? (info.contextLength || 32768);
+    shared.observers = async ({ leaseId, engine, queues }): Promise<WorkerObservers> => {
+      const kv = config.engine.enablePrefixCaching ? new KvEventPublisher(nats, `${kvStream}.queue`, leaseId, log) : null;
+      const load = new LoadPublisher(
+        nats,
+        kvMetricsSubject(namespace),
+        leaseId,
+        (rank) => {
+          const s = engine.ranks[rank].snapshot();
+          return {
+            dpRank: rank,
+            activeSlots: s.running,
+            totalSlots: config.engine.maxNumSeqs,
+            waiting: s.waiting + queues[rank].size,
+            activeBlocks: s.activeBlocks,
+            totalBlocks: s.totalBlocks,
+            prefixHitRate: s.prefixHitRate,
+          };
+        },
+        engine.ranks.length,
+      );
+      const engineMetrics = EngineMetrics.forWorker(
+        registry,
+        { engine, queued: (rank) => queues[rank].size, namespace, component, model: config.modelName, workerId: leaseHex(leaseId) },
+        histogramMaxLen,
+      );
+      queues.forEach((queue, rank) => {
+        queue.on('add', () => load.changed(rank));
+        queue.on('next', () => load.changed(rank));
+        load.publishNow(rank);
+      });
+      return {
+        onPassStart: (rank, result) => {
+          if (kv && result.kvEvents.length) kv.publish(result.kvEvents);
+          load.changed(rank);
+        },
+        onPassEnd: (rank) => load.changed(rank),
+        request: (rank, arrivalMs) => engineMetrics.request(rank, arrivalMs),
+        stop: async () => {
+          load.stop();
+          await kv?.flush();
+          engineMetrics.remove();
+        },
+      };
     };
     if (config.startupTimeS > 0) {
       log.info(`simulating a ${config.startupTimeS} s engine start`);

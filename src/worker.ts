@@ -29,10 +29,16 @@ export interface WorkerShared {
   model: ModelLimits & { eosTokenIds: number[] };
   /** The model deployment card JSON every worker of this model publishes. */
   cardJson: string;
-  /** Extra per-worker observers (KV events, load metrics); built once the lease id is known. */
-  hooks?: (worker: { leaseId: bigint; engine: Engine; queues: PQueue[] }) => LiveEngineHooks & { stop?(): Promise<void> };
+  /** Extra per-worker observers (KV events, load metrics, engine metrics); built once the lease id is known. */
+  observers?: (worker: { leaseId: bigint; engine: Engine; queues: PQueue[] }) => Promise<WorkerObservers>;
   /** Called when the lease is lost: the process must shut down. */
   onLeaseLost: (reason: string) => void;
+}
+
+export interface WorkerObservers extends LiveEngineHooks {
+  /** Per-request latency observer for engine metrics. */
+  request?: RequestHandlerDeps['observe'];
+  stop?(): Promise<void>;
 }
 
 export interface RunningWorker {
@@ -56,7 +62,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
 
   const engine = new Engine(config.engine, shared.timing, shared.xxh, shared.model);
   const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
-  const observers = shared.hooks?.({ leaseId: lease.id, engine, queues });
+  const observers = await shared.observers?.({ leaseId: lease.id, engine, queues });
   const live = new LiveEngine(engine, new RealClock(), observers ?? {});
   live.start();
 
@@ -77,6 +83,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     modelEosTokenIds: shared.model.eosTokenIds,
     inflight: new Set(),
     shutdown: shutdown.signal,
+    observe: observers?.request,
   };
 
   let subscription: Subscription | null = null;

@@ -1,4 +1,5 @@
 // One generate request end to end: decode, call home, admission queue, engine tokens, stop/kill.
+import { performance } from 'node:perf_hooks';
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { LiveEngine } from '../engine/live-engine.js';
@@ -34,6 +35,8 @@ export interface RequestHandlerDeps {
   inflight: Set<Promise<void>>;
   /** Aborts every queued or running request (shutdown past the grace period). */
   shutdown: AbortSignal;
+  /** Starts latency observation of a request that arrived at `arrivalMs` on `rank` (engine metrics). */
+  observe?: (rank: number, arrivalMs: number) => { token(atMs: number): void; finish(atMs: number, promptTokens: number, outputTokens: number): void };
 }
 
 function bannedTokens(req: PreprocessedRequest, modelEos: readonly number[]): Set<number> {
@@ -61,6 +64,7 @@ export function handleRequest(payload: Uint8Array, deps: RequestHandlerDeps): vo
 
 async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<void> {
   const { live, metrics, log } = deps;
+  const arrivalMs = performance.now();
   const tracker = metrics.begin(payload.length);
   try {
     let frame;
@@ -106,7 +110,7 @@ async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<voi
     const outputTokens = live.engine.check({ promptLength: req.tokenIds.length, maxTokens: req.maxTokens }, rank);
     if (typeof outputTokens !== 'number') return refuse('generate', outputTokens.reason);
     stream.sendPrologue(null);
-    await generate(control.id, req, rank, outputTokens, stream, tracker, deps);
+    await generate(control.id, req, rank, outputTokens, stream, tracker, deps, deps.observe?.(rank, arrivalMs));
   } finally {
     tracker.end();
   }
@@ -120,6 +124,7 @@ async function generate(
   stream: ResponseStream,
   tracker: RequestTracker,
   deps: RequestHandlerDeps,
+  observer?: ReturnType<NonNullable<RequestHandlerDeps['observe']>>,
 ): Promise<void> {
   const { live, metrics, log } = deps;
   const queued = new AbortController();
@@ -158,9 +163,13 @@ async function generate(
             seed: samplingSeed(req),
           },
           {
-            emit: (token, _atMs, last) => {
+            emit: (token, atMs, last) => {
               if (ended) return;
-              if (token !== null) generated++;
+              if (token !== null) {
+                generated++;
+                observer?.token(atMs);
+              }
+              if (last) observer?.finish(atMs, req.tokenIds.length, generated);
               const body = llmDataItemBody({
                 tokenIds: token === null ? [] : [token],
                 finishReason: last ? 'length' : null,
