@@ -9,6 +9,7 @@ import {
   parseWorkerConfig,
   type RawOptions,
 } from './config.js';
+import { addRequestCommand } from './client/request-command.js';
 import { TraceError } from './replay/trace.js';
 
 export interface CliIo {
@@ -93,6 +94,12 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     exitCode.value = await runReplay(config, io);
   });
   program.addCommand(replay);
+  addRequestCommand(
+    program,
+    (name) => new Command(name).exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err }),
+    io,
+    (code) => (exitCode.value = code),
+  );
   return program;
 }
 

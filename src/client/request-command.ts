@@ -1,0 +1,125 @@
+// `dynamo-mocker request`: acts as a Dynamo frontend toward workers and prints streams and timings.
+import type { Command } from 'commander';
+import { ConfigError, defaultEndpoint, parseEndpoint, parseInteger, type RawOptions } from '../config.js';
+import { ConnectionError } from '../dynamo/connections.js';
+import { DynamoClient, type StreamHandle } from './dynamo-client.js';
+
+export interface RequestIo {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: Record<string, string | undefined>;
+}
+
+interface RequestOptions {
+  endpoint: ReturnType<typeof parseEndpoint>;
+  tokens: number[];
+  maxTokens: number;
+  count: number;
+  dpRank: number | undefined;
+  stopAfter: number | null;
+  kill: boolean;
+  json: boolean;
+}
+
+function parseOptions(raw: RawOptions, env: Record<string, string | undefined>): RequestOptions {
+  const endpoint = parseEndpoint(raw.endpoint === undefined ? defaultEndpoint(env) : String(raw.endpoint));
+  let tokens: number[];
+  if (raw.tokens !== undefined) {
+    tokens = String(raw.tokens)
+      .split(',')
+      .map((t) => parseInteger('--tokens', t, 0, 0xffffffff));
+    if (tokens.length === 0) throw new ConfigError('--tokens', 'must list at least one token id');
+  } else {
+    const length = raw.promptLength === undefined ? 128 : parseInteger('--prompt-length', raw.promptLength, 1, 1 << 24);
+    tokens = Array.from({ length }, (_, i) => 100 + (i % 1000));
+  }
+  return {
+    endpoint,
+    tokens,
+    maxTokens: raw.maxTokens === undefined ? 16 : parseInteger('--max-tokens', raw.maxTokens, 0, 1 << 24),
+    count: raw.count === undefined ? 1 : parseInteger('--count', raw.count, 1, 100_000),
+    dpRank: raw.dpRank === undefined ? undefined : parseInteger('--dp-rank', raw.dpRank, 0, 1 << 16),
+    stopAfter: raw.stopAfter === undefined ? null : parseInteger('--stop-after', raw.stopAfter, 0, 1 << 24),
+    kill: Boolean(raw.kill),
+    json: Boolean(raw.json),
+  };
+}
+
+export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise<number> {
+  const opts = parseOptions(raw, io.env);
+  let client: DynamoClient;
+  try {
+    client = await DynamoClient.connect({ env: io.env });
+  } catch (err) {
+    if (err instanceof ConnectionError) {
+      io.err(`dynamo-mocker request: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  try {
+    const instances = await client.instances(opts.endpoint);
+    if (instances.length === 0) {
+      const { namespace, component, endpoint } = opts.endpoint;
+      io.err(`dynamo-mocker request: no instances registered for dyn://${namespace}.${component}.${endpoint}\n`);
+      return 1;
+    }
+    const handles: StreamHandle[] = [];
+    for (let i = 0; i < opts.count; i++) {
+      const target = instances[i % instances.length];
+      const h = await client.generate(target.subject, { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank });
+      if (opts.stopAfter !== null) {
+        const stopAfter = opts.stopAfter;
+        h.stream.onToken(() => {
+          if (h.stream.tokens.length === stopAfter) (opts.kill ? h.stream.kill() : h.stream.stop());
+        });
+      }
+      if (!opts.json && opts.count === 1) h.stream.onToken((t) => io.out(`${t} `));
+      handles.push(h);
+    }
+    const results = await Promise.all(handles.map((h) => h.stream.done));
+    if (!opts.json && opts.count === 1) io.out('\n');
+    let failed = 0;
+    const rows: string[] = [];
+    results.forEach((r, i) => {
+      const h = handles[i];
+      const n = r.tokenIds.length;
+      const ttft = n ? r.tokenTimes[0] - h.sentAt : null;
+      const itl = n > 1 ? (r.tokenTimes[n - 1] - r.tokenTimes[0]) / (n - 1) : null;
+      const e2e = r.endedAt - h.sentAt;
+      const error = r.prologueError ?? (r.errors.length ? r.errors.join('; ') : null);
+      if (error) failed++;
+      const record = { request: i, request_id: h.requestId, tokens: n, finish_reason: r.finishReason, complete_final: r.completeFinal, ttft_ms: ttft, mean_itl_ms: itl, e2e_ms: e2e, tokens_per_s: e2e > 0 ? (n * 1000) / e2e : null, error };
+      if (opts.json) {
+        rows.push(JSON.stringify({ ...record, token_ids: r.tokenIds }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v)));
+      } else {
+        const f = (v: number | null, d = 1) => (v === null ? '-' : v.toFixed(d));
+        rows.push(
+          `${String(i).padStart(7)}  ${String(n).padStart(6)}  ${String(JSON.stringify(r.finishReason) ?? '-').padEnd(10)}  ${f(ttft).padStart(8)}  ${f(itl, 2).padStart(8)}  ${f(e2e).padStart(8)}  ${error ?? ''}`,
+        );
+      }
+    });
+    if (!opts.json) io.out('request  tokens  finish       TTFT ms   ITL ms    E2E ms\n');
+    io.out(rows.join('\n') + '\n');
+    return failed ? 1 : 0;
+  } finally {
+    await client.close();
+  }
+}
+
+/** Registers `dynamo-mocker request` on the program. */
+export function addRequestCommand(program: Command, makeSub: (name: string) => Command, io: RequestIo, setExit: (code: number) => void): void {
+  const cmd = makeSub('request')
+    .description('act as a Dynamo frontend: send requests to registered workers and print the streams and timings')
+    .option('--endpoint <dyn://ns.component.endpoint>', 'endpoint to call (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
+    .option('--prompt-length <n>', 'synthetic prompt length in tokens (default: 128)')
+    .option('--tokens <ids>', 'comma-separated prompt token ids (instead of --prompt-length)')
+    .option('--max-tokens <n>', 'max_tokens of each request (default: 16)')
+    .option('--count <n>', 'concurrent requests, spread over the instances (default: 1)')
+    .option('--dp-rank <n>', 'data-parallel rank to pin (default: the worker chooses)')
+    .option('--stop-after <n>', 'send stop after n tokens')
+    .option('--kill', 'with --stop-after: send kill instead of stop')
+    .option('--json', 'one JSON line per request instead of a table');
+  cmd.action(async (opts: RawOptions) => setExit(await runRequestCommand(opts, io)));
+  program.addCommand(cmd);
+}
