@@ -6,13 +6,17 @@ import type { RequestMetrics, RequestTracker, WorkErrorType } from '../dynamo/re
 /** Dynamo's extended request-duration buckets (long generations need more than 10 s). */
 export const REQUEST_DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600];
 
-/** Dynamo's sanitize_prometheus_label: invalid chars → '_', no leading '__', must start with a letter or '_'. */
+/** Dynamo's sanitize_prometheus_label: invalid chars → '_', must start with a letter or '_', no leading '__'. */
 export function sanitizePrometheusLabel(value: string): string {
   if (value === '') throw new Error('empty label value');
   let s = value.replace(/[^a-zA-Z0-9_]/g, '_');
   if (/^_+$/.test(s)) throw new Error(`label value '${value}' has no usable characters`);
-  if (s.startsWith('__')) s = s.slice(2);
-  if (s === '' || !/^[a-zA-Z]/.test(s)) s = `_${s}`;
+  if (!/^[a-zA-Z_]/.test(s)) s = `_${s}`;
+  // Names starting with '__' are reserved by Prometheus.
+  if (s.startsWith('__')) {
+    s = s.slice(2);
+    if (s === '' || !/^[a-zA-Z]/.test(s)) s = `_${s}`;
+  }
   return s;
 }
 
