@@ -1,78 +1,14 @@
 #!/usr/bin/env node
 // The main job: local NATS (JetStream) and etcd, a worker with --max-num-seqs 3, and 10 concurrent
 // requests through the frontend-side client. Shows 10 in flight / 7 without a first token, then all done.
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { freePort, start, startLocalServers, waitFor } from './lib/local-servers.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const children = [];
-const dirs = [];
-const cleanup = () => {
-  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-};
-process.on('exit', cleanup);
-process.on('SIGINT', () => process.exit(130));
-
-const have = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
-function ensureServers() {
-  const missing = [];
-  if (!have('nats-server')) missing.push('nats-server');
-  if (!have('etcd')) missing.push('etcd-server');
-  if (missing.length === 0) return;
-  if (process.getuid?.() !== 0) {
-    console.error(`missing ${missing.join(' and ')}: run  sudo apt-get update && sudo apt-get install -y ${missing.join(' ')}`);
-    process.exit(1);
-  }
-  console.log(`installing ${missing.join(', ')} (Debian packages)…`);
-  const r = spawnSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`], { stdio: 'inherit' });
-  if (r.status !== 0) process.exit(1);
-}
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-
-async function waitFor(cond, what, timeoutMs = 15000) {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await cond())) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function start(cmd, args, env = {}) {
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  children.push(child);
-  return { child, output: () => out };
-}
-
-ensureServers();
-const [natsPort, etcdPort, peerPort, statusPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-const natsDir = mkdtempSync(join(tmpdir(), 'demo-nats-'));
-const etcdDir = mkdtempSync(join(tmpdir(), 'demo-etcd-'));
-dirs.push(natsDir, etcdDir);
-const nats = start('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', natsDir]);
-const etcdUrl = `http://127.0.0.1:${etcdPort}`;
-const peer = `http://127.0.0.1:${peerPort}`;
-start('etcd', ['--data-dir', etcdDir, '--listen-client-urls', etcdUrl, '--advertise-client-urls', etcdUrl, '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `default=${peer}`, '--log-level', 'error']);
-await waitFor(() => /Server is ready/.test(nats.output()), 'nats-server');
-await waitFor(async () => (await fetch(`${etcdUrl}/health`).then((r) => r.json()).catch(() => ({}))).health === 'true', 'etcd');
-const env = { NATS_SERVER: `nats://127.0.0.1:${natsPort}`, ETCD_ENDPOINTS: etcdUrl };
-console.log(`NATS ${env.NATS_SERVER} (JetStream) and etcd ${etcdUrl} are up`);
+const env = await startLocalServers();
+const statusPort = await freePort();
+console.log(`NATS ${env.NATS_SERVER} (JetStream) and etcd ${env.ETCD_ENDPOINTS} are up`);
 
 const model = join(root, 'test', 'fixtures', 'tiny-model');
 const args = ['--model-path', model, '--model-name', 'Qwen/Qwen3-0.6B', '--max-num-seqs', '3'];
