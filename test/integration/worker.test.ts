@@ -325,6 +325,34 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
     await client.close();
   });
 
+  it('keeps its lease alive past the TTL and cuts in-flight requests after the graceful-shutdown timeout', async () => {
+    // The lease mechanism itself, with a 2 s TTL: keys survive several keep-alives.
+    const { WorkerLease, createIfAbsent } = await import('../../src/dynamo/lease.js');
+    let lost = false;
+    const lease = await WorkerLease.grant(etcdClient, 2, () => (lost = true));
+    expect(await createIfAbsent(etcdClient, 'v1/test/keepalive', 'x', lease)).toBe('created');
+    expect(await createIfAbsent(etcdClient, 'v1/test/keepalive', 'y', lease)).toBe('exists');
+    const grantedAt = performance.now();
+    await waitFor(async () => performance.now() - grantedAt > 5000 && (await etcdClient.get('v1/test/keepalive').string()) === 'x', { timeoutMs: 8000, intervalMs: 250, message: 'key outlives its TTL' });
+    expect(lost).toBe(false);
+    await lease.revoke();
+    expect(await etcdClient.get('v1/test/keepalive').string()).toBeNull();
+
+    // A request longer than the grace period is cut off; the worker still exits 0 and revokes.
+    const { w, client, inst } = await worker('grace', [], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: '0.5' });
+    const h = await client.generate(inst.subject, { tokenIds: [1, 2, 3], maxTokens: 100_000 });
+    await waitFor(() => h.stream.tokens.length > 0, { timeoutMs: 5000 });
+    const t0 = performance.now();
+    w.proc.kill('SIGTERM');
+    const r = await h.stream.done;
+    expect(r.sentinel).toBe(true);
+    expect(r.completeFinal).toBe(false);
+    expect(await w.exited).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(4000);
+    expect(await etcdClient.getAll().prefix('v1/instances/grace/').keys()).toEqual([]);
+    await client.close();
+  });
+
   it('hashes checksums the same way a frontend verifies frames', async () => {
     // The worker's frames carry real XXH3 checksums; the client decoder verifies non-zero ones.
     const h0 = await createXXHash3(0, 0);
