@@ -10,6 +10,7 @@ import {
   type RawOptions,
 } from './config.js';
 import { addRequestCommand } from './client/request-command.js';
+import { ConnectionError } from './dynamo/connections.js';
 import { TraceError } from './replay/trace.js';
 
 export interface CliIo {
@@ -118,6 +119,10 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     if (err instanceof ConfigError) {
       io.err(`dynamo-mocker: ${err.message}\n`);
       return 2;
+    }
+    if (err instanceof ConnectionError) {
+      io.err(`dynamo-mocker: ${err.message}\n`);
+      return 1;
     }
     if (err instanceof TraceError) {
       io.err(`dynamo-mocker replay: ${err.message}\n`);

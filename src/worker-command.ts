@@ -94,6 +94,8 @@ export async function runWorkerCommand(config: WorkerConfig, io: CliIo): Promise
         registry,
         health: () => health.status(),
         startedAt,
+      }).catch((err: NodeJS.ErrnoException) => {
+        throw new ConnectionError(`cannot serve the system status server on ${settings.host}:${settings.port} (DYN_SYSTEM_HOST/DYN_SYSTEM_PORT): ${err.code ?? err.message}`);
       });
       log.info(`system status server listening on ${server.address.host}:${server.address.port}`);
     }

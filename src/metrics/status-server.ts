@@ -3,6 +3,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
+import { ConfigError } from '../config.js';
 import type { EndpointStatus } from './health.js';
 
 export interface StatusServerSettings {
@@ -23,7 +24,7 @@ export function statusServerSettings(env: Record<string, string | undefined>): S
   let enabled = truthy(env.DYN_SYSTEM_ENABLED);
   if (rawPort !== undefined && rawPort !== '') {
     const n = Number(rawPort);
-    if (!Number.isInteger(n) || n < -1 || n > 65535) throw new Error(`DYN_SYSTEM_PORT must be a port number (0 = random, -1 = off), got '${rawPort}'`);
+    if (!Number.isInteger(n) || n < -1 || n > 65535) throw new ConfigError('DYN_SYSTEM_PORT', `must be a port number (0 = random, -1 = off), got '${rawPort}'`);
     if (n === -1) enabled = false;
     else {
       port = n;
