@@ -1,23 +1,49 @@
 // The worker's etcd lease (TTL 10 s, kept alive): its id is the Dynamo instance id; keys live on it.
-import type { Etcd3, Lease } from 'etcd3';
+import { EtcdLeaseInvalidError, type Etcd3, type Lease } from 'etcd3';
+import { leaseHex } from './names.js';
 
+/** How long revoke() may take before giving up (the keys then expire with the TTL). */
+const REVOKE_TIMEOUT_MS = 3000;
+/** Retry delay after a failed keep-alive, so one lost packet does not cost a whole period. */
+const RETRY_MS = 500;
+
+/**
+ * One etcd lease kept alive the way Dynamo's `keep_alive` does (rt/transports/etcd/lease.rs): a
+ * keep-alive every ttl/2, and every answer moves a deadline to now + the TTL etcd reports. When the
+ * deadline passes, or etcd answers TTL 0 (expired or revoked elsewhere), the lease is lost and
+ * `onLost` runs once; the worker must then shut down, since its keys are gone or about to go.
+ *
+ * etcd3's own auto keep-alive is not used: it pings every ttl/3, retries a broken stream forever
+ * and only reports a loss once 2×TTL has passed since the last answer, i.e. well after etcd has
+ * already deleted the instance and card keys.
+ */
 export class WorkerLease {
-  private revoked = false;
+  private state: 'alive' | 'lost' | 'revoked' = 'alive';
+  private keepAliveTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private revoking: Promise<void> | null = null;
+  /** Time of the last keep-alive answer (ms since epoch); for diagnostics and tests. */
+  lastKeepAliveAt = Date.now();
 
   private constructor(
     private readonly lease: Lease,
     readonly id: bigint,
+    readonly ttlSeconds: number,
+    private readonly onLost: (reason: string) => void,
   ) {}
 
-  /** Grants a lease and keeps it alive (etcd3 sends keep-alives at a third of the TTL). */
+  /** Grants a lease and starts keeping it alive. Rejects if etcd refuses or cannot be reached. */
   static async grant(client: Etcd3, ttlSeconds = 10, onLost: (reason: string) => void = () => {}): Promise<WorkerLease> {
-    const lease = client.lease(ttlSeconds, { autoKeepAlive: true });
-    // etcd hands the id out as an int64 in decimal text: BigInt keeps every bit.
-    const id = BigInt(await lease.grant());
-    const worker = new WorkerLease(lease, id);
-    lease.on('lost', (err) => {
-      if (!worker.revoked) onLost(err.message);
-    });
+    const lease = client.lease(ttlSeconds, { autoKeepAlive: false });
+    // etcd's lease id is an int64; etcd3 (proto-loader `longs: String`) hands it out as decimal
+    // text, so BigInt keeps every bit. A Number would round ids above 2^53, which real ids are.
+    const raw = await lease.grant();
+    if (!/^[0-9]+$/.test(String(raw))) throw new Error(`etcd granted a lease with an unexpected id '${String(raw)}'`);
+    const worker = new WorkerLease(lease, BigInt(raw), ttlSeconds, onLost);
+    // etcd3 emits 'lost' when a put through the lease finds it invalid, or a keep-alive sees TTL 0.
+    lease.on('lost', (err: Error) => worker.lose(`etcd lease ${leaseHex(worker.id)} lost: ${err.message}`));
+    worker.armDeadline(ttlSeconds * 1000);
+    worker.schedule(worker.periodMs);
     return worker;
   }
 
@@ -26,15 +52,88 @@ export class WorkerLease {
     return this.id.toString();
   }
 
-  /** Revoking deletes every key attached to the lease at once. Idempotent. */
-  async revoke(): Promise<void> {
-    if (this.revoked) return;
-    this.revoked = true;
-    await this.lease.revoke().catch(() => {});
+  /** True until the lease is lost or revoked. */
+  get alive(): boolean {
+    return this.state === 'alive';
+  }
+
+  private get periodMs(): number {
+    return Math.max(250, (this.ttlSeconds * 1000) / 2);
+  }
+
+  private schedule(delayMs: number): void {
+    clearTimeout(this.keepAliveTimer);
+    if (this.state !== 'alive') return;
+    this.keepAliveTimer = setTimeout(() => void this.keepAliveOnce(), delayMs);
+    // The NATS connection keeps a worker's event loop alive; the lease alone should not.
+    this.keepAliveTimer.unref();
+  }
+
+  private armDeadline(ms: number): void {
+    clearTimeout(this.deadlineTimer);
+    if (this.state !== 'alive') return;
+    this.deadlineTimer = setTimeout(
+      () => this.lose(`etcd lease ${leaseHex(this.id)} lost: no keep-alive answer within ${this.ttlSeconds} s (check the etcd server)`),
+      ms,
+    );
+    this.deadlineTimer.unref();
+  }
+
+  private async keepAliveOnce(): Promise<void> {
+    if (this.state !== 'alive') return;
+    try {
+      // A gRPC deadline bounds the attempt: a stream that never answers is cancelled, not leaked.
+      const res = await this.lease.keepaliveOnce({ deadline: Date.now() + this.periodMs });
+      if (this.state !== 'alive') return;
+      const ttl = Number(res.TTL);
+      this.lastKeepAliveAt = Date.now();
+      this.armDeadline(ttl * 1000);
+      this.schedule(this.periodMs);
+    } catch (err) {
+      if (this.state !== 'alive') return;
+      if (err instanceof EtcdLeaseInvalidError) {
+        // keepaliveOnce has already emitted 'lost' for TTL 0; lose() is idempotent either way.
+        this.lose(`etcd lease ${leaseHex(this.id)} lost: expired or revoked`);
+        return;
+      }
+      // A transient failure: try again soon; the deadline decides when it is too late.
+      this.schedule(Math.min(RETRY_MS, this.periodMs));
+    }
+  }
+
+  private stopTimers(): void {
+    clearTimeout(this.keepAliveTimer);
+    clearTimeout(this.deadlineTimer);
+  }
+
+  private lose(reason: string): void {
+    if (this.state !== 'alive') return;
+    this.state = 'lost';
+    this.stopTimers();
+    this.lease.release();
+    this.onLost(reason);
+  }
+
+  /**
+   * Revokes the lease: etcd deletes every key attached to it at once. Idempotent (later calls
+   * return the first call's promise); never rejects — if etcd cannot be reached within a few
+   * seconds the keys expire with the TTL anyway.
+   */
+  revoke(): Promise<void> {
+    this.revoking ??= (async () => {
+      this.state = 'revoked';
+      this.stopTimers();
+      // Also after a loss: if etcd is back, the lease may not have expired yet.
+      await this.lease.revoke({ deadline: Date.now() + REVOKE_TIMEOUT_MS }).catch(() => {});
+    })();
+    return this.revoking;
   }
 }
 
-/** Writes `key` on the lease only if it does not exist yet (etcd txn on version == 0). */
+/**
+ * Writes `key` on the lease only if it does not exist yet: one etcd transaction
+ * `if version(key) == 0 then put(key, value, lease)` (Dynamo's `kv_create` / `EtcdBucket::create`).
+ */
 export async function createIfAbsent(client: Etcd3, key: string, value: string, lease: WorkerLease): Promise<'created' | 'exists'> {
   const result = await client
     .if(key, 'Version', '==', 0)

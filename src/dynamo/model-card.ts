@@ -65,25 +65,42 @@ export function instanceRecord(ep: EndpointId, leaseId: bigint, subject: string)
 }
 
 /**
- * Dynamo 0.6.0: uploads the card files to the JetStream object store bucket named by the slug and
- * points the card at `nats://host:port/bucket/file`. The frontend only uses the bucket and object
- * name from the URL; the host is the one this worker connected to, since the server may report
- * 0.0.0.0 as its own address.
+ * The `host:port` Dynamo 0.6.0 writes into `nats://host:port/bucket/file`: async-nats'
+ * `server_info` host and port, i.e. what the server announces in its INFO. A server listening on
+ * all interfaces announces 0.0.0.0 (or ::), which is no address anyone can dial; then the address
+ * this worker actually dialled (host and port, as in NATS_SERVER) is used instead, which also stays
+ * right behind a port mapping. The frontend only takes the bucket and object name from the URL,
+ * so this choice never changes what it downloads; it only keeps the URL meaningful to a human.
+ */
+export function objectStoreAuthority(nc: Pick<NatsConnection, 'info' | 'getServer'>): string {
+  const dialled = nc.getServer(); // "host:port" of the current server, as listed in `servers`
+  const info = nc.info;
+  if (!info?.host || !info.port || info.host === '0.0.0.0' || info.host === '::' || info.host === '[::]') return dialled;
+  const host = info.host.includes(':') && !info.host.startsWith('[') ? `[${info.host}]` : info.host;
+  return `${host}:${info.port}`;
+}
+
+/**
+ * Dynamo 0.6.0 (`move_to_nats`): uploads each present card file to the JetStream object store
+ * bucket named by the card slug (created with the default object-store config if absent), object
+ * name = the file's base name, and points the card at `nats://host:port/{slug}/{file}`. The checksum
+ * stays the BLAKE3 of the bytes, which the frontend verifies after downloading.
  */
 export async function uploadCardFilesToObjectStore(
   nc: NatsConnection,
   slug: string,
   files: ReadonlyMap<CardFileKind, CheckedCardFile>,
 ): Promise<Map<CardFileKind, CardFile>> {
-  const os = await nc.jetstream().views.os(slug);
-  const server = nc.getServer();
   const out = new Map<CardFileKind, CardFile>();
+  if (files.size === 0) return out;
+  const os = await nc.jetstream().views.os(slug);
+  const authority = objectStoreAuthority(nc);
   for (const [kind] of CARD_FILE_NAMES) {
     const f = files.get(kind);
     if (!f) continue;
     const name = basename(f.path);
     await os.putBlob({ name }, f.bytes);
-    out.set(kind, { path: `nats://${server}/${slug}/${name}`, checksum: f.checksum });
+    out.set(kind, { path: `nats://${authority}/${slug}/${name}`, checksum: f.checksum });
   }
   return out;
 }

@@ -1,11 +1,15 @@
 // Dynamo's names: slugs, NATS subjects, etcd keys and stream names derived from an endpoint and lease.
 import type { EndpointId } from '../config.js';
 
-/** Dynamo's Slug::slugify: lowercase, anything outside [a-z0-9-_] becomes '_', leading '_' stripped. */
+/**
+ * Dynamo's Slug::slugify: lowercase, anything outside [a-z0-9-_] becomes '_', leading '_' stripped.
+ * Rust maps each `char` (code point), so the regex runs in `u` mode: an astral character such as an
+ * emoji becomes one '_', not two (one per UTF-16 code unit).
+ */
 export function slugify(s: string): string {
   return s
     .toLowerCase()
-    .replace(/[^a-z0-9_-]/g, '_')
+    .replace(/[^a-z0-9_-]/gu, '_')
     .replace(/^_+/, '');
 }
 
@@ -16,6 +20,7 @@ export function serviceName(ep: EndpointId): string {
 
 /** Rust's `{:x}` of the lease id: lowercase hex, no prefix, no leading zeros. */
 export function leaseHex(id: bigint): string {
+  if (id < 0n || id > 0xffff_ffff_ffff_ffffn) throw new RangeError(`lease id ${id} is not a u64`);
   return id.toString(16);
 }
 
