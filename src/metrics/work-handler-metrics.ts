@@ -139,8 +139,10 @@ export class WorkHandlerMetrics implements RequestMetrics {
       worker_id: l.workerId,
     };
     // Series exist (at 0) from the start, as Dynamo's label-less metrics do, so dashboards see the
-    // worker before its first request. errors_total is a CounterVec in Dynamo: no series until an
-    // error happens (its HELP/TYPE lines are still exposed).
+    // worker before its first request. errors_total is a CounterVec in Dynamo, with no series until
+    // an error happens; here every error_type starts at 0 too, so `rate(errors_total)` is 0 on a
+    // healthy worker rather than "no data", and error panels and alerts work from the first scrape.
+    for (const type of WORK_ERROR_TYPES) f.errors.inc({ ...labels, error_type: type }, 0);
     f.requests.inc(labels, 0);
     f.inflight.inc(labels, 0);
     f.requestBytes.inc(labels, 0);

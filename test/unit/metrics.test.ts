@@ -69,8 +69,8 @@ describe('work-handler metrics', () => {
       expect(samples(text, name)).toEqual([`${name}{${l}} 0`]);
     }
     expect(samples(text, 'dynamo_component_request_duration_seconds_count')).toEqual([`dynamo_component_request_duration_seconds_count{${l}} 0`]);
-    // A CounterVec in Dynamo: no errors_total series until an error happens.
-    expect(samples(text, 'dynamo_component_errors_total')).toEqual([]);
+    // Every error_type starts at 0 (Dynamo's CounterVec has none until an error; ours reads as 0 errors).
+    expect(samples(text, 'dynamo_component_errors_total')).toEqual(WORK_ERROR_TYPES.map((t) => `dynamo_component_errors_total{${l},error_type="${t}"} 0`));
     expect(text).toContain('# TYPE dynamo_component_uptime_seconds gauge\n');
     expect(samples(text, 'dynamo_component_uptime_seconds')).toEqual(['dynamo_component_uptime_seconds 0']);
   });
@@ -131,7 +131,7 @@ describe('work-handler metrics', () => {
     m.error('publish_final');
     expect(await value('dynamo_component_errors_total', `${l},error_type="generate"`)).toBe(2);
     expect(await value('dynamo_component_errors_total', `${l},error_type="publish_final"`)).toBe(1);
-    expect(await value('dynamo_component_errors_total', `${l},error_type="deserialization"`)).toBeUndefined();
+    expect(await value('dynamo_component_errors_total', `${l},error_type="deserialization"`)).toBe(0);
 
     m.cancelled();
     expect(await value('dynamo_component_cancellation_total')).toBe(1);
