@@ -84,7 +84,7 @@ export async function runWorkerCommand(config: WorkerConfig, io: CliIo): Promise
 
     const settings = statusServerSettings(io.env);
     const { registry } = createMetricsRegistry();
-    const health = new HealthState(settings.startingStatus);
+    const health = new HealthState(settings.startingStatus, config.numWorkers);
     if (settings.enabled) {
       server = await startStatusServer({
         host: settings.host,

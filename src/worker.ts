@@ -110,7 +110,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
       await nats.flush();
     },
   });
-  shared.health.setEndpoint(config.endpoint.endpoint, 'ready');
+  shared.health.setEndpoint(config.endpoint.endpoint, 'ready', lease.id.toString(16));
   log.info({ subject }, 'worker registered and serving');
 
   let stopping: Promise<void> | null = null;
@@ -123,7 +123,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     queuedRequests: (rank) => queues[rank].size,
     stop(graceMs: number): Promise<void> {
       stopping ??= (async () => {
-        shared.health.setEndpoint(config.endpoint.endpoint, 'notready');
+        shared.health.setEndpoint(config.endpoint.endpoint, 'notready', lease.id.toString(16));
         // 1. Stop taking requests: nothing new reaches this worker after the unsubscribe.
         if (subscription) {
           const sub: Subscription = subscription;

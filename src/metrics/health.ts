@@ -9,6 +9,10 @@
 // its mocker (which registers no payload) stays at the starting status — 503 forever unless
 // DYN_SYSTEM_STARTING_HEALTH_STATUS=ready — although its endpoint map shows `generate: ready`. Our
 // worker serves as soon as its endpoint is registered, so /health says so.
+//
+// With --num-workers N, the N workers of one process share one status server: an endpoint name is
+// ready only when all N instances serving it are, so one worker still starting or already stopping
+// makes the process notready.
 
 export type EndpointStatus = 'ready' | 'notready';
 
@@ -18,14 +22,21 @@ export interface HealthReport {
 }
 
 export class HealthState {
-  private readonly endpoints = new Map<string, EndpointStatus>();
+  /** endpoint name → instance (e.g. lease id in hex) → status */
+  private readonly endpoints = new Map<string, Map<string, EndpointStatus>>();
   private drainingFlag = false;
 
-  constructor(private readonly startingStatus: EndpointStatus = 'notready') {}
+  /** `instancesPerEndpoint`: how many instances (workers) must report before a name can be ready. */
+  constructor(
+    private readonly startingStatus: EndpointStatus = 'notready',
+    private readonly instancesPerEndpoint = 1,
+  ) {}
 
-  /** Registers or updates an endpoint (keyed by endpoint name, e.g. `generate`, as in Dynamo). */
-  setEndpoint(name: string, status: EndpointStatus): void {
-    this.endpoints.set(name, status);
+  /** Registers or updates one instance of an endpoint (reported by name, e.g. `generate`, as in Dynamo). */
+  setEndpoint(name: string, status: EndpointStatus, instance = ''): void {
+    let m = this.endpoints.get(name);
+    if (!m) this.endpoints.set(name, (m = new Map()));
+    m.set(instance, status);
   }
 
   /** Graceful shutdown: not ready from now on, whatever the endpoints say. */
@@ -38,9 +49,13 @@ export class HealthState {
   }
 
   status(): HealthReport {
-    const endpoints = Object.fromEntries(this.endpoints) as Record<string, EndpointStatus>;
+    const endpoints: Record<string, EndpointStatus> = {};
+    for (const [name, instances] of this.endpoints) {
+      const all = instances.size >= this.instancesPerEndpoint && [...instances.values()].every((v) => v === 'ready');
+      endpoints[name] = all ? 'ready' : 'notready';
+    }
     if (this.drainingFlag) return { ready: false, endpoints };
-    const values = [...this.endpoints.values()];
+    const values = Object.values(endpoints);
     const ready = values.length === 0 ? this.startingStatus === 'ready' : values.every((v) => v === 'ready');
     return { ready, endpoints };
   }

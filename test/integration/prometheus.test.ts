@@ -222,30 +222,32 @@ describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard h
     expect(await worker.metric('vllm:num_preemptions_total')).toBeGreaterThan(0);
     expect(await worker.metric('vllm:prefix_cache_hits_total')).toBeGreaterThan(0);
 
-    // Poll Prometheus until every dashboard query has a series with a number in it.
+    // Spot-check values the load must have produced, as Prometheus sees them.
+    const value = async (expr: string) => {
+      const res = (await (await fetch(`${prom.url}/api/v1/query?${new URLSearchParams({ query: expr })}`)).json()) as { data: { result: Array<{ value: [number, string] }> } };
+      return res.data.result.reduce((s, r) => s + Number(r.value[1]), 0);
+    };
+    const spot = async () =>
+      (await value(`sum(increase(dynamo_component_cancellation_total{model="${MODEL}"}[1m]))`)) > 0 &&
+      (await value(`sum(dynamo_component_errors_total{model="${MODEL}",error_type="invalid_message"})`)) === 1 &&
+      (await value(`sum(vllm:num_preemptions_total{model_name="${MODEL}"})`)) > 0 &&
+      (await value(`sum(vllm:prefix_cache_hits_total{model_name="${MODEL}"})`)) > 0;
+
+    // Poll Prometheus until it has scraped the load and every dashboard query has a series with a number in it.
     const vars = { model: MODEL, __rate_interval: '30s', __interval: '5s' };
     let report: Report | undefined;
     const complete = (r: Report) => r.ok && r.results.every((q) => q.finite > 0);
     await waitFor(
       async () => {
+        if (!(await spot())) return false;
         report = await checkDashboard({ prometheusUrl: prom.url, dashboard: DEFAULT_DASHBOARD, vars });
         return complete(report);
       },
-      { timeoutMs: 20_000, intervalMs: 500, message: 'every dashboard query has data' },
+      { timeoutMs: 20_000, intervalMs: 500, message: 'the load scraped and every dashboard query has data' },
     ).catch((err: Error) => {
       throw new Error(`${err.message}\n${report ? formatReport(report) : ''}`);
     });
     expect(report!.results.length).toBe(extractQueries(loadDashboard(DEFAULT_DASHBOARD)).length);
-
-    // Spot-check values the load must have produced (rates over the 30 s window).
-    const value = async (expr: string) => {
-      const res = (await (await fetch(`${prom.url}/api/v1/query?${new URLSearchParams({ query: expr })}`)).json()) as { data: { result: Array<{ value: [number, string] }> } };
-      return res.data.result.reduce((s, r) => s + Number(r.value[1]), 0);
-    };
-    expect(await value(`sum(increase(dynamo_component_cancellation_total{model="${MODEL}"}[1m]))`)).toBeGreaterThan(0);
-    expect(await value(`sum(dynamo_component_errors_total{model="${MODEL}",error_type="invalid_message"})`)).toBe(1);
-    expect(await value(`sum(vllm:num_preemptions_total{model_name="${MODEL}"})`)).toBeGreaterThan(0);
-    expect(await value(`sum(vllm:prefix_cache_hits_total{model_name="${MODEL}"})`)).toBeGreaterThan(0);
 
     // The CLI resolves $model from label_values like Grafana and exits 0 …
     const ok = spawnSync(process.execPath, [CHECK, prom.url, DEFAULT_DASHBOARD], { encoding: 'utf8' });

@@ -86,6 +86,16 @@ describe('status server routes', () => {
     expect(strip(l.body)).toEqual(strip(h.body));
   });
 
+  it('with several workers, is ready only while every instance of the endpoint is', () => {
+    const health = new HealthState('notready', 2);
+    health.setEndpoint('generate', 'ready', 'a1');
+    expect(health.status()).toEqual({ ready: false, endpoints: { generate: 'notready' } });
+    health.setEndpoint('generate', 'ready', 'b2');
+    expect(health.status()).toEqual({ ready: true, endpoints: { generate: 'ready' } });
+    health.setEndpoint('generate', 'notready', 'a1');
+    expect(health.status()).toEqual({ ready: false, endpoints: { generate: 'notready' } });
+  });
+
   it('is 503 while draining', async () => {
     const health = new HealthState();
     health.setEndpoint('generate', 'ready');
