@@ -1,9 +1,10 @@
 // Real nats-server and etcd processes on ephemeral loopback ports with temp data dirs, for tests.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 
 export interface ServerHandle {
   url: string;
@@ -58,7 +59,7 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
-function launch(cmd: string, args: string[], dir: string): { proc: ChildProcess; output: () => string; exited: () => boolean } {
+function launch(cmd: string, args: string[]): { proc: ChildProcess; output: () => string; exited: () => boolean } {
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(proc);
   let out = '';
@@ -69,7 +70,6 @@ function launch(cmd: string, args: string[], dir: string): { proc: ChildProcess;
     exited = true;
     live.delete(proc);
   });
-  void dir;
   return { proc, output: () => out, exited: () => exited };
 }
 
@@ -102,7 +102,7 @@ export function startNats(opts: { jetstream?: boolean } = {}): Promise<ServerHan
     const port = await freePort();
     const args = ['-a', '127.0.0.1', '-p', String(port)];
     if (opts.jetstream !== false) args.push('-js', '-sd', dir);
-    const p = launch('nats-server', args, dir);
+    const p = launch('nats-server', args);
     try {
       await waitFor(async () => {
         if (p.exited()) throw new Error(`nats-server exited: ${p.output()}`);
@@ -131,7 +131,6 @@ export function startEtcd(): Promise<ServerHandle> {
         '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
         '--initial-cluster', `default=${peerUrl}`, '--log-level', 'error',
       ],
-      dir,
     );
     try {
       await waitFor(async () => {
@@ -149,4 +148,58 @@ export function startEtcd(): Promise<ServerHandle> {
     }
     return { url: client, port, pid: p.proc.pid!, stop: () => stopProcess(p.proc, dir) };
   });
+}
+
+/** A real Prometheus on an ephemeral loopback port with a temp data dir, ready to answer. */
+export async function startPrometheus(config: string): Promise<ServerHandle & { output(): string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'prometheus-test-'));
+  writeFileSync(join(dir, 'prometheus.yml'), config);
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const p = launch('prometheus', [
+    `--config.file=${join(dir, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${join(dir, 'data')}`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    '--log.level=warn',
+  ]);
+  try {
+    await waitFor(
+      async () => {
+        if (p.exited()) throw new Error(`prometheus exited: ${p.output()}`);
+        try {
+          return (await fetch(`${url}/-/ready`)).ok;
+        } catch {
+          return false;
+        }
+      },
+      { timeoutMs: 20_000, intervalMs: 50, message: `prometheus on ${port}: ${p.output()}` },
+    );
+  } catch (err) {
+    await stopProcess(p.proc, dir);
+    throw err;
+  }
+  return { url, port, pid: p.proc.pid!, output: p.output, stop: () => stopProcess(p.proc, dir) };
+}
+
+export interface Cluster {
+  nats: ServerHandle;
+  etcd: ServerHandle;
+  /** NATS_SERVER and ETCD_ENDPOINTS for a worker or client. */
+  env: Record<string, string>;
+}
+
+/**
+ * Starts a NATS (JetStream) and an etcd for the enclosing describe block and stops them after it.
+ * Read the fields inside tests or hooks: they are filled in by the beforeAll hook.
+ */
+export function useCluster(): Cluster {
+  const cluster = {} as Cluster;
+  beforeAll(async () => {
+    [cluster.nats, cluster.etcd] = await Promise.all([startNats(), startEtcd()]);
+    cluster.env = { NATS_SERVER: cluster.nats.url, ETCD_ENDPOINTS: cluster.etcd.url };
+  });
+  afterAll(async () => {
+    await Promise.all([cluster.nats?.stop(), cluster.etcd?.stop()]);
+  });
+  return cluster;
 }

@@ -5,7 +5,7 @@ import { connect, type NatsConnection, type Subscription } from 'nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
-import { haveServers, startEtcd, startNats, waitFor, type ServerHandle } from '../helpers/servers.js';
+import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
@@ -162,24 +162,19 @@ it('the independent hash rule reproduces the reference test vectors (block size 
 });
 
 describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
-  let nats: ServerHandle;
-  let etcd: ServerHandle;
-  let env: Record<string, string>;
+  const cluster = useCluster();
   let nc: NatsConnection;
 
   beforeAll(async () => {
-    [nats, etcd] = await Promise.all([startNats(), startEtcd()]);
-    env = { NATS_SERVER: nats.url, ETCD_ENDPOINTS: etcd.url };
-    nc = await connect({ servers: nats.url.replace('nats://', '') });
+    nc = await connect({ servers: cluster.nats.url.replace('nats://', '') });
   });
   afterAll(async () => {
     await nc?.close();
-    await Promise.all([nats?.stop(), etcd?.stop()]);
   });
 
   async function worker(ns: string, args: string[]) {
-    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', String(BS), '--speedup-ratio', '0', ...args], { ...env, DYN_NAMESPACE: ns });
-    const client = await DynamoClient.connect({ env });
+    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', String(BS), '--speedup-ratio', '0', ...args], { ...cluster.env, DYN_NAMESPACE: ns });
+    const client = await DynamoClient.connect({ env: cluster.env });
     const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1);
     return { w, client, inst };
   }

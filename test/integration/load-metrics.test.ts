@@ -4,7 +4,7 @@ import { connect, type NatsConnection, type Subscription } from 'nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
-import { haveServers, startEtcd, startNats, waitFor, type ServerHandle } from '../helpers/servers.js';
+import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
@@ -67,19 +67,14 @@ function sample(samples: ReturnType<typeof parseExposition>, name: string, match
 const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
 
 describe.skipIf(!enabled)('load metrics (LoadEvent) and their Prometheus twins', () => {
-  let nats: ServerHandle;
-  let etcd: ServerHandle;
-  let env: Record<string, string>;
+  const cluster = useCluster();
   let nc: NatsConnection;
 
   beforeAll(async () => {
-    [nats, etcd] = await Promise.all([startNats(), startEtcd()]);
-    env = { NATS_SERVER: nats.url, ETCD_ENDPOINTS: etcd.url };
-    nc = await connect({ servers: nats.url.replace('nats://', '') });
+    nc = await connect({ servers: cluster.nats.url.replace('nats://', '') });
   });
   afterAll(async () => {
     await nc?.close();
-    await Promise.all([nats?.stop(), etcd?.stop()]);
   });
 
   /** Subscribes to the namespace's load subject before the worker starts, so the first value is seen. */
@@ -87,8 +82,8 @@ describe.skipIf(!enabled)('load metrics (LoadEvent) and their Prometheus twins',
     const loads: Load[] = [];
     const sub: Subscription = nc.subscribe(`namespace.${ns}.kv_metrics`, { callback: (_e, m) => loads.push(decodeLoad(m.string())) });
     await nc.flush();
-    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', '16', ...args], { ...env, DYN_NAMESPACE: ns });
-    const client = await DynamoClient.connect({ env });
+    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', '16', ...args], { ...cluster.env, DYN_NAMESPACE: ns });
+    const client = await DynamoClient.connect({ env: cluster.env });
     const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1);
     return { w, client, inst, loads, sub };
   }

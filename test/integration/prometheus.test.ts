@@ -1,7 +1,7 @@
 // A real Prometheus scrapes a real worker (shipped scrape config, 1 s interval) while load produces
 // completions, a cancellation, a malformed request, preemptions and prefix-cache hits; then every
 // query of the shipped Grafana dashboard must return data (scripts/observability/check-dashboard.mjs).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import {
   substituteVariables,
   type Report,
 } from '../../scripts/observability/check-dashboard.mjs';
-import { freePort, haveServers, requireBinary, startEtcd, startNats, waitFor, type ServerHandle } from '../helpers/servers.js';
+import { haveServers, requireBinary, startPrometheus, useCluster, waitFor } from '../helpers/servers.js';
 import { ROOT, TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 // requireBinary throws under CI=true when the binary is missing: the file fails instead of skipping.
@@ -26,17 +26,6 @@ const CHECK = join(OBS, 'check-dashboard.mjs');
 const SHIPPED_CONFIG = join(OBS, 'prometheus.yml');
 const MODEL = 'Qwen/Qwen3-0.6B';
 const EP = { namespace: 'dynamo', component: 'backend', endpoint: 'generate' };
-
-interface PrometheusHandle {
-  url: string;
-  output(): string;
-  stop(): Promise<void>;
-}
-
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const p of live) p.kill('SIGKILL');
-});
 
 /** The shipped config with the worker's random status port as target and 1 s scrapes. */
 function testConfig(statusPort: number): string {
@@ -51,72 +40,17 @@ function testConfig(statusPort: number): string {
   return cfg;
 }
 
-async function startPrometheus(config: string): Promise<PrometheusHandle> {
-  const dir = mkdtempSync(join(tmpdir(), 'prometheus-test-'));
-  writeFileSync(join(dir, 'prometheus.yml'), config);
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const proc = spawn(
-    'prometheus',
-    [
-      `--config.file=${join(dir, 'prometheus.yml')}`,
-      `--storage.tsdb.path=${join(dir, 'data')}`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      '--log.level=warn',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  live.add(proc);
-  let out = '';
-  let exited = false;
-  proc.stdout!.on('data', (d) => (out = (out + d).slice(-8000)));
-  proc.stderr!.on('data', (d) => (out = (out + d).slice(-8000)));
-  proc.once('exit', () => {
-    exited = true;
-    live.delete(proc);
-  });
-  const stop = async () => {
-    if (!exited) {
-      const gone = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(timer);
-    }
-    rmSync(dir, { recursive: true, force: true });
-  };
-  try {
-    await waitFor(
-      async () => {
-        if (exited) throw new Error(`prometheus exited: ${out}`);
-        try {
-          return (await fetch(`${url}/-/ready`)).ok;
-        } catch {
-          return false;
-        }
-      },
-      { timeoutMs: 20_000, intervalMs: 50, message: `prometheus on ${port}: ${out}` },
-    );
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return { url, output: () => out, stop };
-}
-
 /** Token ids 3.. (0–2 are special in the tiny model); `seed` makes each prompt's tail unique. */
 const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 3 + ((seed * 131 + i * 7) % 2000));
 
 describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard has data', () => {
-  let nats: ServerHandle;
-  let etcd: ServerHandle;
+  const cluster = useCluster();
   let worker: WorkerProcess;
   let client: DynamoClient;
-  let prom: PrometheusHandle;
+  let prom: Awaited<ReturnType<typeof startPrometheus>>;
 
   beforeAll(async () => {
-    [nats, etcd] = await Promise.all([startNats(), startEtcd()]);
-    const env = { NATS_SERVER: nats.url, ETCD_ENDPOINTS: etcd.url };
+    const { env } = cluster;
     worker = await startWorkerProcess(
       [
         '--model-path', TINY_MODEL, '--model-name', MODEL, '--max-num-seqs', '3',
@@ -133,7 +67,6 @@ describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard h
     await client?.close();
     await worker?.stop();
     await prom?.stop();
-    await Promise.all([nats?.stop(), etcd?.stop()]);
   });
 
   it('ships a valid scrape config and an importable dashboard', () => {

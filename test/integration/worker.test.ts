@@ -12,26 +12,23 @@ import { DynamoClient, preprocessedRequestJson } from '../../src/client/dynamo-c
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { startFakeHub } from '../helpers/fake-hub.js';
-import { haveServers, startEtcd, startNats, waitFor, type ServerHandle } from '../helpers/servers.js';
+import { haveServers, startNats, useCluster, waitFor } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
 const EP = { namespace: 'dynamo', component: 'backend', endpoint: 'generate' };
 
 describe.skipIf(!enabled)('worker over NATS + etcd', () => {
-  let nats: ServerHandle;
-  let etcd: ServerHandle;
+  const cluster = useCluster();
   let env: Record<string, string>;
   let etcdClient: Etcd3;
 
-  beforeAll(async () => {
-    [nats, etcd] = await Promise.all([startNats(), startEtcd()]);
-    env = { NATS_SERVER: nats.url, ETCD_ENDPOINTS: etcd.url };
-    etcdClient = new Etcd3({ hosts: etcd.url });
+  beforeAll(() => {
+    env = cluster.env;
+    etcdClient = new Etcd3({ hosts: cluster.etcd.url });
   });
-  afterAll(async () => {
+  afterAll(() => {
     etcdClient?.close();
-    await Promise.all([nats?.stop(), etcd?.stop()]);
   });
 
   /** Starts a worker in its own namespace so tests never see each other's instances. */
