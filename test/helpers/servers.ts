@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, type NatsConnection } from 'nats';
 import { afterAll, beforeAll } from 'vitest';
 
 export interface ServerHandle {
@@ -186,6 +187,8 @@ export interface Cluster {
   etcd: ServerHandle;
   /** NATS_SERVER and ETCD_ENDPOINTS for a worker or client. */
   env: Record<string, string>;
+  /** A plain NATS client connection, as a router or test observer would hold. */
+  nc: NatsConnection;
 }
 
 /**
@@ -197,8 +200,10 @@ export function useCluster(): Cluster {
   beforeAll(async () => {
     [cluster.nats, cluster.etcd] = await Promise.all([startNats(), startEtcd()]);
     cluster.env = { NATS_SERVER: cluster.nats.url, ETCD_ENDPOINTS: cluster.etcd.url };
+    cluster.nc = await connect({ servers: `127.0.0.1:${cluster.nats.port}` });
   });
   afterAll(async () => {
+    await cluster.nc?.close();
     await Promise.all([cluster.nats?.stop(), cluster.etcd?.stop()]);
   });
   return cluster;

@@ -1,8 +1,8 @@
 // The worker's KV events as a KV-aware router sees them: read back from the JetStream stream, hashes
 // checked against an independent XXH3 (hash-wasm) and replayed into a router-side index.
 import { createXXHash3 } from 'hash-wasm';
-import { connect, type NatsConnection, type Subscription } from 'nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { NatsConnection, Subscription } from 'nats';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
@@ -164,12 +164,8 @@ it('the independent hash rule reproduces the reference test vectors (block size 
 describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
   const cluster = useCluster();
   let nc: NatsConnection;
-
-  beforeAll(async () => {
-    nc = await connect({ servers: cluster.nats.url.replace('nats://', '') });
-  });
-  afterAll(async () => {
-    await nc?.close();
+  beforeAll(() => {
+    nc = cluster.nc;
   });
 
   async function worker(ns: string, args: string[]) {

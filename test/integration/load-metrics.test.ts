@@ -1,7 +1,7 @@
 // The worker's LoadEvents on namespace.{ns}.kv_metrics as the frontend's busy monitor reads them, and
 // their agreement with the Prometheus gauges scraped from the same worker.
-import { connect, type NatsConnection, type Subscription } from 'nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { NatsConnection, Subscription } from 'nats';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
@@ -69,12 +69,8 @@ const range = (from: number, n: number): number[] => Array.from({ length: n }, (
 describe.skipIf(!enabled)('load metrics (LoadEvent) and their Prometheus twins', () => {
   const cluster = useCluster();
   let nc: NatsConnection;
-
-  beforeAll(async () => {
-    nc = await connect({ servers: cluster.nats.url.replace('nats://', '') });
-  });
-  afterAll(async () => {
-    await nc?.close();
+  beforeAll(() => {
+    nc = cluster.nc;
   });
 
   /** Subscribes to the namespace's load subject before the worker starts, so the first value is seen. */
