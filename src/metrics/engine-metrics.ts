@@ -110,6 +110,7 @@ function family(registry: Registry, maxModelLen: number): Family {
   perRank('dynamo_component_total_blocks', 'Total number of KV cache blocks available, per DP rank', (r) => r.total);
   perRank('dynamo_component_gpu_cache_usage_percent', 'GPU cache usage as a fraction (0.0-1.0), per DP rank', (r) => (r.total ? r.active / r.total : 0));
   perRank('dynamo_component_kv_active_blocks', 'Active KV cache blocks, per DP rank', (r) => r.active);
+  perRank('dynamo_component_kv_cache_hit_rate', 'Prefix cache hit rate (0.0-1.0). Portable across engines.', (r) => r.hitRate);
 
   const vllmGauge = (name: string, help: string, value: (r: ReturnType<typeof rankTotals>[number]) => number) =>
     new Gauge({

@@ -150,6 +150,7 @@ describe.skipIf(!enabled)('load metrics (LoadEvent) and their Prometheus twins',
     expect(last.hitRate).toBeCloseTo(0.25, 9);
     const s = await scrape(w);
     expect(sample(s, 'dynamo_component_kvstats_gpu_prefix_cache_hit_rate')).toBeCloseTo(last.hitRate, 9);
+    expect(sample(s, 'dynamo_component_kv_cache_hit_rate', { dp_rank: '0' })).toBeCloseTo(last.hitRate, 9);
     expect(sample(s, 'vllm:prefix_cache_hits_total')).toBe(64);
     expect(sample(s, 'vllm:prefix_cache_queries_total')).toBe(256);
     await finish(w, client, sub);
