@@ -228,6 +228,15 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     // Exact u64 text on the wire: the worker id and hashes are written digit for digit.
     expect(before[0].raw).toContain(`{"worker_id":${inst.instanceId},"event":{"event_id":`);
     expect(before[0].raw).toContain(`"block_hash":${seq[0]},"tokens_hash":${local[0]}`);
+
+    // Generated tokens fill blocks too: 40 prompt + 10 output tokens complete a third block whose
+    // last 8 tokens are the first 8 generated ones, stored under the prompt's second block.
+    const prompt2 = range(5000, 40);
+    const r = await run(client, inst.subject, prompt2, 10);
+    const after = (await fence(client, inst.subject, events)).slice(before.length + 1);
+    const full = [...prompt2, ...r.tokenIds];
+    // The prompt's two blocks at prefill, then the third when the decode fills it.
+    expect(after.map((e) => e.data)).toEqual([storedRun(full.slice(0, 32)), storedRun(full.slice(0, 48), 2)]);
     await stop();
     await finish(w, client);
   });
