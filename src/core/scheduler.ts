@@ -161,9 +161,12 @@ export class Scheduler {
     // Sequences given tokens this pass; the count itself lives in seq.passTokens.
     const scheduled: Sequence[] = [];
 
-    // Running requests consume the budget first, in order. Iterate a snapshot: preemption edits
-    // the list, and a victim scheduled earlier in this pass gives its budget back.
-    for (const seq of this.running.slice()) {
+    // Running requests consume the budget first, in order. Preemption edits the list, so the loop
+    // switches to a snapshot before the first preemption (until then the list is unchanged); a victim
+    // scheduled earlier in this pass gives its budget back.
+    let order = this.running;
+    for (let i = 0; i < order.length; i++) {
+      const seq = order[i];
       if (budget <= 0) break;
       if (seq.status !== 'running') continue;
       const remaining = seq.knownLength - seq.computed;
@@ -171,6 +174,7 @@ export class Scheduler {
       if (desired <= 0) continue;
       if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - seq.computed) > budget) continue;
       while (!this.allocate(seq, seq.computed + desired)) {
+        if (order === this.running) order = this.running.slice();
         const victim = this.config.preemptionMode === 'lifo' ? this.running[this.running.length - 1] : this.running[0];
         budget += victim.passTokens;
         victim.passTokens = 0;
