@@ -168,8 +168,8 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     nc = cluster.nc;
   });
 
-  async function worker(ns: string, args: string[]) {
-    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', String(BS), '--speedup-ratio', '0', ...args], { ...cluster.env, DYN_NAMESPACE: ns });
+  async function worker(ns: string, args: string[], env: Record<string, string> = {}) {
+    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--block-size', String(BS), '--speedup-ratio', '0', ...args], { ...cluster.env, DYN_NAMESPACE: ns, ...env });
     const client = await DynamoClient.connect({ env: cluster.env });
     const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1);
     return { w, client, inst };
@@ -316,6 +316,18 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     expect([index.size(inst.instanceId, 0), index.size(inst.instanceId, 1)]).toEqual([2, 2]);
     await stop();
     await finish(w, client);
+  });
+
+  it('takes the stream max_age from DYN_NATS_STREAM_MAX_AGE and leaves an existing stream alone', async () => {
+    const { w, client } = await worker('kvage', [], { DYN_NATS_STREAM_MAX_AGE: '90' });
+    const jsm = await nc.jetstreamManager();
+    expect((await jsm.streams.info('namespace-kvage-component-backend-kv-events')).config.max_age).toBe(90 * 1e9);
+    await finish(w, client);
+    // A router created the stream first, with its own settings: a worker must not change them.
+    await jsm.streams.add({ name: 'namespace-kvown-component-backend-kv-events', subjects: ['namespace-kvown-component-backend-kv-events.*'], max_age: 7 * 1e9 });
+    const second = await worker('kvown', [], { DYN_NATS_STREAM_MAX_AGE: '90' });
+    expect((await jsm.streams.info('namespace-kvown-component-backend-kv-events')).config.max_age).toBe(7 * 1e9);
+    await finish(second.w, second.client);
   });
 
   it('publishes nothing with prefix caching off, as Dynamo', async () => {
