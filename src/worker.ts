@@ -1,7 +1,7 @@
 // Composition root for one worker: lease, engine, admission queues, NATS endpoint, registration.
 import PQueue from 'p-queue';
 import type { Etcd3 } from 'etcd3';
-import type { NatsConnection, Subscription } from 'nats';
+import type { NatsConnection, Service } from 'nats';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { RealClock } from './clock/clock.js';
@@ -9,7 +9,7 @@ import type { WorkerConfig } from './config.js';
 import { Engine, type ModelLimits } from './core/engine.js';
 import type { TimingModel } from './core/timing/timing-model.js';
 import { WorkerLease } from './dynamo/lease.js';
-import { leaseHex, requestSubject } from './dynamo/names.js';
+import { leaseHex, requestSubject, serviceName } from './dynamo/names.js';
 import { registerWorker } from './dynamo/registration.js';
 import { handleRequest, type RequestHandlerDeps } from './dynamo/request-handler.js';
 import { LiveEngine, type LiveEngineHooks } from './engine/live-engine.js';
@@ -86,7 +86,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     observe: observers?.request,
   };
 
-  let subscription: Subscription | null = null;
+  let service: Service | null = null;
   const empty = new Uint8Array(0);
   await registerWorker({
     etcd,
@@ -95,9 +95,21 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     cardJson: shared.cardJson,
     subject,
     beforeInstance: async () => {
-      subscription = nats.subscribe(subject, {
+      // A NATS micro service as Dynamo's runtime builds it (async-nats service API): named after the
+      // component, versioned as the runtime, queue group "q", answering $SRV.PING/INFO/STATS; the
+      // endpoint "{endpoint}-{lease hex}" in the group named like the service gives the request subject.
+      const { namespace, component, endpoint } = config.endpoint;
+      const name = serviceName(config.endpoint);
+      service = await nats.services.add({
+        name,
+        version: config.dynamoVersion,
+        description: `Dynamo component ${component} in namespace ${namespace}`,
         queue: 'q',
-        callback: (err, msg) => {
+        // Dynamo's mocker registers no stats payload: endpoints[].data is null in $SRV.STATS.
+        statsHandler: async () => null,
+      });
+      service.addGroup(name).addEndpoint(`${endpoint}-${hex}`, {
+        handler: (err, msg) => {
           if (err) {
             log.error({ err }, 'request subscription failed');
             return;
@@ -124,11 +136,11 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     stop(graceMs: number): Promise<void> {
       stopping ??= (async () => {
         shared.health.setEndpoint(config.endpoint.endpoint, 'notready', lease.id.toString(16));
-        // 1. Stop taking requests: nothing new reaches this worker after the unsubscribe.
-        if (subscription) {
-          const sub: Subscription = subscription;
-          sub.unsubscribe();
-          await nats.flush().catch(() => {});
+        // 1. Stop taking requests: the service drains its subscriptions (messages already delivered
+        //    are still acked and handled), then nothing new reaches this worker.
+        if (service) {
+          const svc: Service = service;
+          await svc.stop().catch(() => {});
         }
         // 2. Let in-flight requests finish, up to the grace period, then cut them.
         const drained = Promise.all([...deps.inflight]).then(() => true);

@@ -80,6 +80,27 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
     expect(ep.namespace).toBe('reg');
   });
 
+  it('is a NATS micro service like Dynamo\'s: $SRV.PING, INFO and STATS name the endpoint and count requests', async () => {
+    const { w, client, inst } = await worker('svc', ['--speedup-ratio', '0']);
+    const hex = inst.instanceId.toString(16);
+    const ask = async (subject: string) => JSON.parse(new TextDecoder().decode((await client.nats.request(subject, new Uint8Array(0), { timeout: 2000 })).data));
+    const ping = await ask('$SRV.PING.svc_backend');
+    expect(ping).toMatchObject({ type: 'io.nats.micro.v1.ping_response', name: 'svc_backend', version: '0.6.1' });
+    const info = await ask(`$SRV.INFO.svc_backend.${ping.id}`);
+    expect(info).toMatchObject({
+      type: 'io.nats.micro.v1.info_response',
+      name: 'svc_backend',
+      version: '0.6.1',
+      description: 'Dynamo component backend in namespace svc',
+      endpoints: [{ name: `generate-${hex}`, subject: inst.subject, queue_group: 'q' }],
+    });
+    await (await client.generate(inst.subject, { tokenIds: [5, 6, 7], maxTokens: 3 })).stream.done;
+    const stats = await ask('$SRV.STATS.svc_backend');
+    expect(stats.endpoints).toHaveLength(1);
+    expect(stats.endpoints[0]).toMatchObject({ name: `generate-${hex}`, subject: inst.subject, num_requests: 1, num_errors: 0, data: null });
+    await done(w, client);
+  });
+
   it('streams exactly max_tokens tokens inside the vocabulary, never a stop token, then complete_final and the sentinel', async () => {
     const { w, client, inst } = await worker('stream', ['--speedup-ratio', '0']);
     const h = await client.generate(inst.subject, { tokenIds: Array.from({ length: 50 }, (_, i) => i + 10), maxTokens: 300, stopTokenIdsHidden: [7, 8], eosTokenIds: [9] });
