@@ -4,7 +4,7 @@ import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { LiveEngine } from '../engine/live-engine.js';
 import type { Sequence } from '../core/sequence.js';
-import { decodeTwoPart, type Xxh3Seed0 } from './two-part-codec.js';
+import { TwoPartError, decodeTwoPart, type Xxh3Seed0 } from './two-part-codec.js';
 import { llmDataItemBody, parsePreprocessedRequest, parseRequestControl, type PreprocessedRequest } from './messages.js';
 import { ResponseStream } from './response-stream.js';
 
@@ -62,6 +62,14 @@ export function handleRequest(payload: Uint8Array, deps: RequestHandlerDeps): vo
   void done.finally(() => deps.inflight.delete(done));
 }
 
+function tryParseControl(header: Uint8Array): ReturnType<typeof parseRequestControl> | null {
+  try {
+    return parseRequestControl(header);
+  } catch {
+    return null;
+  }
+}
+
 async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<void> {
   const { live, metrics, log } = deps;
   const arrivalMs = performance.now();
@@ -72,7 +80,24 @@ async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<voi
       frame = decodeTwoPart(payload, deps.xxh);
     } catch (err) {
       metrics.error('invalid_message');
-      log.warn(`dropping malformed request frame: ${(err as Error).message}`);
+      const message = (err as Error).message;
+      // A frame whose only fault is its checksum still names its caller: tell it on its stream
+      // rather than leave a frontend waiting for a call home that never comes.
+      if (err instanceof TwoPartError && err.kind === 'checksum') {
+        const control = tryParseControl(decodeTwoPart(payload).header);
+        if (control) {
+          log.warn({ request_id: control.id }, `refusing request: ${message}`);
+          await ResponseStream.open(control.connectionInfo, deps.xxh).then(
+            (stream) => {
+              stream.sendPrologue(message);
+              stream.end();
+            },
+            () => metrics.error('response_stream'),
+          );
+          return;
+        }
+      }
+      log.warn(`dropping malformed request frame: ${message}`);
       return;
     }
     let control;

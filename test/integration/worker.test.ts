@@ -195,7 +195,17 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
       expect(r.prologueError).toMatch(expected);
       expect(r.sentinel).toBe(true);
     }
-    // 8. A frontend address that refuses the call-home connection.
+    // 8. A frame whose checksum is wrong: still readable, so the caller hears why on its stream.
+    {
+      const { stream, controlJson } = client.prepareStream();
+      const frame = encodeTwoPartText(controlJson, preprocessedRequestJson({ tokenIds: [1, 2], maxTokens: 3 }), xxh);
+      frame[23] ^= 0xff; // last byte of the big-endian checksum at offset 16
+      await client.sendRaw(inst.subject, frame);
+      const r = await stream.done;
+      expect(r.prologueError).toMatch(/checksum mismatch/);
+      expect(r.sentinel).toBe(true);
+    }
+    // 9. A frontend address that refuses the call-home connection.
     const closed = await new Promise<number>((resolve) => {
       const s = createServer();
       s.listen(0, '127.0.0.1', () => {
@@ -216,7 +226,8 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
         .filter((l) => l.startsWith('dynamo_component_errors_total') && l.includes(`error_type="${type}"`))
         .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
     await waitFor(async () => (await errors('response_stream')) === 1, { timeoutMs: 5000, message: 'response_stream error' });
-    expect(await errors('invalid_message')).toBe(1);
+    // Not a frame, a corrupted checksum.
+    expect(await errors('invalid_message')).toBe(2);
     // Control header not JSON, body not JSON, token_ids of the wrong type, empty token_ids.
     expect(await errors('deserialization')).toBe(4);
     // dp_rank out of range, prompt over the context length.
