@@ -197,7 +197,7 @@ export class Scheduler {
           continue;
         }
         const desired = this.tryAdmit(seq, budget);
-        if (desired === 0) break;
+        if (desired < 0) break;
         this.waiting.popFront();
         this.waitingLive--;
         seq.status = 'running';
@@ -299,19 +299,20 @@ export class Scheduler {
 
   /**
    * Admission gate: the whole known sequence must fit in free KV (active cached prefix counted as
-   * present) while keeping the watermark free. Returns the tokens scheduled, or 0 if blocked.
+   * present) while keeping the watermark free. Returns the tokens scheduled (0 for a sequence that
+   * is entirely cached), or -1 if blocked.
    */
   private tryAdmit(seq: Sequence, budget: number): number {
     const { blockSize, numGpuBlocks, watermark } = this.config;
-    // At least one token is always computed, so the last one never comes from the cache.
-    const maxHitBlocks = Math.floor((seq.knownLength - 1) / blockSize);
-    const probe = this.pool.probe(seq.seqHashes, maxHitBlocks);
+    // Every full block may come from the cache (Dynamo's get_prefill_cost; vLLM itself recomputes
+    // the last token): a fully cached, block-aligned prompt costs no prefill and decodes at once.
+    const probe = this.pool.probe(seq.seqHashes, Math.floor(seq.knownLength / blockSize));
     const needBlocks = Math.ceil(seq.knownLength / blockSize) - probe.activeHitBlocks;
-    if (needBlocks > this.pool.freeBlocks - watermark * numGpuBlocks) return 0;
+    if (needBlocks > this.pool.freeBlocks - watermark * numGpuBlocks) return -1;
     const cachedTokens = probe.hitBlocks * blockSize;
     const remaining = seq.knownLength - cachedTokens;
     const desired = Math.min(remaining, budget);
-    if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - cachedTokens) > budget) return 0;
+    if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - cachedTokens) > budget) return -1;
 
     for (let b = 0; b < probe.hitBlocks; b++) seq.blocks.push(this.pool.acquire(seq.seqHashes[b]));
     seq.committedBlocks = probe.hitBlocks;
@@ -319,7 +320,7 @@ export class Scheduler {
     if (!this.allocate(seq, cachedTokens + desired)) {
       // Cannot happen after the gate above; undo to keep the pool consistent if it ever does.
       this.free(seq);
-      return 0;
+      return -1;
     }
     if (seq.cachedTokens === null) {
       seq.cachedTokens = cachedTokens;

@@ -129,8 +129,8 @@ describe('prefix reuse', () => {
   it.each([
     // 1000 = 15 full blocks + 40: 960 tokens cached, 40 new.
     { label: 'unaligned prompt', len: 1000, sharedTokens: 1000, cached: 960 },
-    // 1024 = 16 full blocks, capped at floor(1023/64) = 15: the last block is recomputed.
-    { label: 'block-aligned prompt (capped)', len: 1024, sharedTokens: 1024, cached: 960 },
+    // 1024 = 16 full blocks, all cached (Dynamo's rule; vLLM would recompute the last token).
+    { label: 'block-aligned prompt, fully cached', len: 1024, sharedTokens: 1024, cached: 1024 },
     { label: 'shared first 640 tokens', len: 1000, sharedTokens: 640, cached: 640 },
     { label: 'shared first 700 tokens (partial block not reused)', len: 1000, sharedTokens: 700, cached: 640 },
     { label: 'nothing shared', len: 1000, sharedTokens: 0, cached: 0 },
@@ -144,11 +144,14 @@ describe('prefix reuse', () => {
     expect(rec(out, 2).seq!.cachedTokens).toBe(cached);
   });
 
-  it('the recomputed last block of an aligned prompt is not announced again', async () => {
+  it('a fully cached aligned prompt costs no prefill, emits in its first pass and announces nothing', async () => {
     const prompt = tokens(1024);
     const out = await run({}, [request(1, 0, prompt, 2), request(2, 200, prompt, 2)]);
     const second = out.passes.filter((p) => p.result.startMs >= 200);
-    expect(second[0].result.prefillTokens).toBe(64);
+    expect(second[0].result.prefillTokens).toBe(0);
+    expect(second[0].result.prefillMs).toBe(0);
+    expect(second[0].result.decodeRequests).toBe(1);
+    expect(rec(out, 2).seq!.cachedTokens).toBe(1024);
     expect(second.flatMap((p) => p.result.kvEvents)).toEqual([]);
   });
 
