@@ -12,12 +12,27 @@ export interface RankLoad {
   prefixHitRate: number;
 }
 
+/**
+ * An f32 field as serde_json writes it (ryu): the shortest decimal that reads back as the same f32,
+ * with ".0" on whole numbers, and null for NaN or infinity.
+ */
+export function f32Json(x: number): string {
+  const f = Math.fround(x);
+  if (!Number.isFinite(f)) return 'null';
+  if (Number.isInteger(f) && Math.abs(f) < 1e16) return `${f}.0`;
+  for (let digits = 1; digits < 9; digits++) {
+    const shortest = Number(f.toPrecision(digits));
+    if (Math.fround(shortest) === f) return String(shortest);
+  }
+  return String(Number(f.toPrecision(9)));
+}
+
 export function loadEventJson(workerId: bigint, l: RankLoad): string {
-  const usage = l.totalBlocks > 0 ? l.activeBlocks / l.totalBlocks : 0;
+  const usage = f32Json(l.totalBlocks > 0 ? l.activeBlocks / l.totalBlocks : 0);
   return (
     `{"worker_id":${workerId},"data":{"worker_stats":{"data_parallel_rank":${l.dpRank},"request_active_slots":${l.activeSlots},` +
     `"request_total_slots":${l.totalSlots},"num_requests_waiting":${l.waiting}},"kv_stats":{"kv_active_blocks":${l.activeBlocks},` +
-    `"kv_total_blocks":${l.totalBlocks},"gpu_cache_usage_perc":${usage},"gpu_prefix_cache_hit_rate":${l.prefixHitRate}},` +
+    `"kv_total_blocks":${l.totalBlocks},"gpu_cache_usage_perc":${usage},"gpu_prefix_cache_hit_rate":${f32Json(l.prefixHitRate)}},` +
     `"spec_decode_stats":null}}`
   );
 }
