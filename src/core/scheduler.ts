@@ -306,7 +306,7 @@ export class Scheduler {
     const { blockSize, numGpuBlocks, watermark } = this.config;
     // Every full block may come from the cache (Dynamo's get_prefill_cost; vLLM itself recomputes
     // the last token): a fully cached, block-aligned prompt costs no prefill and decodes at once.
-    const probe = this.pool.probe(seq.seqHashes, Math.floor(seq.knownLength / blockSize));
+    const probe = this.pool.probe(seq.seqHashes, Math.floor(seq.knownLength / blockSize), seq.key);
     const needBlocks = Math.ceil(seq.knownLength / blockSize) - probe.activeHitBlocks;
     if (needBlocks > this.pool.freeBlocks - watermark * numGpuBlocks) return -1;
     const cachedTokens = probe.hitBlocks * blockSize;
@@ -314,7 +314,7 @@ export class Scheduler {
     const desired = Math.min(remaining, budget);
     if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - cachedTokens) > budget) return -1;
 
-    for (let b = 0; b < probe.hitBlocks; b++) seq.blocks.push(this.pool.acquire(seq.seqHashes[b]));
+    this.pool.acquirePrefix(seq.seqHashes, probe.hitBlocks, seq.key, seq.blocks);
     seq.committedBlocks = probe.hitBlocks;
     seq.computed = cachedTokens;
     if (!this.allocate(seq, cachedTokens + desired)) {
@@ -341,7 +341,7 @@ export class Scheduler {
       const full = Math.floor(target / blockSize);
       const from = seq.committedBlocks;
       if (full > from) {
-        this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks);
+        this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks, seq.key);
         seq.committedBlocks = full;
         seq.slots -= full - from;
       }

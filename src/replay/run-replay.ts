@@ -26,7 +26,7 @@ export interface ReplayOutcome {
 }
 
 /** Runs the replay in memory (no files written); the CLI wrapper handles output files. */
-export async function simulateTrace(config: ReplayConfig, records: TraceRecord[], io: ReplayIo): Promise<ReplayOutcome> {
+export async function simulateTrace(config: ReplayConfig, records: TraceRecord[], io: ReplayIo, opts: { markPrivate?: boolean } = {}): Promise<ReplayOutcome> {
   const hasher = await createXxh3();
   const timing = loadTimingModel(config.engine.plannerProfileData ?? undefined, (msg) => io.err(`error: ${msg}\n`));
   const limits = await loadModelLimits(config.modelPath, io.env, (msg) => io.err(`warning: ${msg}\n`));
@@ -37,6 +37,7 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
     config.traceBlockSize,
     limits.vocabSize,
     config.engine.seed,
+    opts.markPrivate ?? true,
   );
   prompts.prepare(records);
 

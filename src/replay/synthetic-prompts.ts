@@ -36,6 +36,8 @@ export class SyntheticPrompts {
     private readonly traceBlockSize: number,
     private readonly vocabSize: number,
     private readonly seed: number,
+    /** Off: hash every block (the reference behaviour the private-block shortcut must reproduce). */
+    private readonly markPrivate = true,
   ) {
     this.chunk = new Uint32Array(traceBlockSize);
     this.aligned = traceBlockSize % blockSize === 0;
@@ -117,6 +119,14 @@ export class SyntheticPrompts {
           seq.push(child.seq[b]);
         }
         node = child;
+      } else if (!this.markPrivate) {
+        // Reference mode: hash this request's own chunks too (not memoised: nobody else walks them).
+        const own = this.hashChunk(record, j, parent, hasher, perChunk, j < record.hashIds.length ? record.hashIds[j] : -1);
+        for (let b = 0; b < fullBlocks; b++) {
+          local.push(own.local[b]);
+          seq.push(own.seq[b]);
+        }
+        node = null;
       } else {
         // From here on the prompt is this request's alone: nothing to memoise or hash.
         for (let b = 0; b < fullBlocks; b++) {

@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
+import { parseReplayConfig } from '../../src/config.js';
+import { simulateTrace } from '../../src/replay/run-replay.js';
 import { parseTrace } from '../../src/replay/trace.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'replay-test-'));
@@ -144,6 +146,31 @@ describe('replay determinism', () => {
     expect(a.bytes).toBe(b.bytes);
     expect(a.bytes.length).toBeGreaterThan(0);
     expect(a.rows.map((r: { index: number }) => r.index)).toEqual(lines.map((_, i) => i));
+  });
+
+  it.each([
+    { label: 'roomy cache', args: ['--num-gpu-blocks-override', '2000'] },
+    { label: 'preemption, LIFO', args: ['--num-gpu-blocks-override', '250', '--max-num-batched-tokens', '512'] },
+    { label: 'preemption, FIFO', args: ['--num-gpu-blocks-override', '250', '--max-num-batched-tokens', '512', '--preemption-mode', 'fifo'] },
+    { label: 'no chunked prefill', args: ['--num-gpu-blocks-override', '300', '--no-enable-chunked-prefill', '--max-num-batched-tokens', '4096'] },
+  ])('private-block shortcut gives exactly the fully hashed result: $label', async ({ args }) => {
+    const dir = mkdtempSync(join(tmpdir(), 'replay-private-'));
+    const trace = join(dir, 'trace.jsonl');
+    writeFileSync(trace, lines.map((l) => JSON.stringify(l)).join('\n'));
+    const flags: Record<string, unknown> = { trace, blockSize: '16', progress: false };
+    for (let i = 0; i < args.length; i++) {
+      const name = args[i].replace(/^--(no-)?/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+      if (args[i].startsWith('--no-')) flags[name] = false;
+      else flags[name] = args[++i];
+    }
+    const config = parseReplayConfig(flags, []);
+    const records = parseTrace(readFileSync(trace, 'utf8'), config.traceBlockSize);
+    const io = { out: () => {}, err: () => {}, env: {}, isTty: false };
+    const fast = await simulateTrace(config, records, io);
+    const reference = await simulateTrace(config, records, io, { markPrivate: false });
+    expect(JSON.stringify(fast.results)).toBe(JSON.stringify(reference.results));
+    expect(fast.summary).toEqual(reference.summary);
+    if (args.includes('250')) expect(fast.summary.preemptions).toBeGreaterThan(0);
   });
 
   it('prefix caching off changes hits but not token counts', async () => {

@@ -4,7 +4,8 @@ import type { KvEvent, StoredBlock } from '../types.js';
 /**
  * Key for a full block that provably no other request can share (trace replay knows this in
  * advance). It is above 2^64, so no real hash equals it; such blocks occupy capacity and age in
- * the LRU like any other, but are never looked up, announced or hashed.
+ * the LRU like any other, and are never hashed or announced. Only their owner can find them again
+ * (after a preemption), exactly as it would find its own hashed blocks.
  */
 export const PRIVATE_BLOCK_KEY = 1n << 64n;
 
@@ -20,6 +21,9 @@ export interface CachedBlock {
    * committed, freed and aged together, and eviction may take part of a run.
    */
   count: number;
+  /** Private runs only: the owning sequence's key and the block index the run starts at. */
+  owner: number;
+  start: number;
   refCount: number;
   /** Logical time at which the block last became inactive (LRU order). */
   freedAt: number;
@@ -40,6 +44,8 @@ export interface PrefixProbe {
  */
 export class BlockPool {
   private readonly cache = new Map<bigint, CachedBlock>();
+  /** Inactive private runs of each owner (usually one), for the owner's own prefix hits. */
+  private readonly inactiveRuns = new Map<number, CachedBlock[]>();
   private lruHead: CachedBlock | null = null;
   private lruTail: CachedBlock | null = null;
   private inactive = 0;
@@ -82,18 +88,46 @@ export class BlockPool {
     return this.cache.get(hash);
   }
 
-  /** Counts the contiguous cached prefix of `hashes`, looking at no more than `maxBlocks`. */
-  probe(hashes: readonly bigint[], maxBlocks: number): PrefixProbe {
+  /**
+   * Counts the contiguous cached prefix of `hashes`, looking at no more than `maxBlocks`. Private
+   * blocks are found only in the inactive run of `owner` that starts at their index.
+   */
+  probe(hashes: readonly bigint[], maxBlocks: number, owner = -1): PrefixProbe {
     let hitBlocks = 0;
     let activeHitBlocks = 0;
     if (!this.prefixCaching) return { hitBlocks, activeHitBlocks };
     const limit = Math.min(maxBlocks, hashes.length);
     for (; hitBlocks < limit; hitBlocks++) {
-      const block = this.cache.get(hashes[hitBlocks]);
+      const hash = hashes[hitBlocks];
+      if (hash === PRIVATE_BLOCK_KEY) {
+        for (let run = this.runAt(owner, hitBlocks); run && hitBlocks < limit; run = this.runAt(owner, hitBlocks)) {
+          hitBlocks += Math.min(run.count, limit - hitBlocks);
+        }
+        break;
+      }
+      const block = this.cache.get(hash);
       if (!block) break;
       if (block.refCount > 0) activeHitBlocks++;
     }
     return { hitBlocks, activeHitBlocks };
+  }
+
+  /** Takes references on the first `count` blocks of `hashes` (a probed prefix hit) into `out`. */
+  acquirePrefix(hashes: readonly bigint[], count: number, owner: number, out: CachedBlock[]): void {
+    let i = 0;
+    for (; i < count && hashes[i] !== PRIVATE_BLOCK_KEY; i++) out.push(this.acquire(hashes[i]));
+    if (i === count) return;
+    // The owner's own private blocks: one active run made of the front of its cached runs.
+    const active = this.privateRun(owner, i, 0);
+    out.push(active);
+    while (i < count) {
+      const run = this.runAt(owner, i);
+      if (!run) throw new Error(`private block ${i} of ${owner} is not cached`);
+      const taken = Math.min(run.count, count - i);
+      this.takeFront(run, taken);
+      active.count += taken;
+      i += taken;
+    }
   }
 
   /** Takes a reference on a cached block (a prefix hit), reactivating it if it was inactive. */
@@ -130,15 +164,23 @@ export class BlockPool {
    * slot is given back) and announce nothing; runs of new blocks are announced as one Stored event
    * each, with the parent being the block just before the run.
    */
-  commit(hashes: readonly bigint[], tokensHashes: readonly bigint[], from: number, to: number, out: CachedBlock[]): void {
+  commit(hashes: readonly bigint[], tokensHashes: readonly bigint[], from: number, to: number, out: CachedBlock[], owner = -1): void {
     let run: StoredBlock[] | null = null;
     let runParent: bigint | null = null;
     for (let i = from; i < to; i++) {
       const hash = hashes[i];
       if (hash === PRIVATE_BLOCK_KEY) {
         const last = out.length ? out[out.length - 1] : null;
-        if (last && last.hash === PRIVATE_BLOCK_KEY) last.count++;
-        else out.push({ hash, tokensHash: hash, count: 1, refCount: 1, freedAt: -1, prev: null, next: null });
+        const target = last && last.hash === PRIVATE_BLOCK_KEY ? last : null;
+        if (target) target.count++;
+        else out.push(this.privateRun(owner, i, 1));
+        // The owner's block i may still be cached from before a preemption: reuse it, as a hashed
+        // block would be reused, and give the slot back.
+        const old = this.runAt(owner, i);
+        if (old) {
+          this.takeFront(old, 1);
+          this.active--;
+        }
         continue;
       }
       const existing = this.cache.get(hash);
@@ -151,7 +193,7 @@ export class BlockPool {
         out.push(this.acquire(hash));
         continue;
       }
-      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, refCount: 1, freedAt: -1, prev: null, next: null };
+      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, owner: -1, start: i, refCount: 1, freedAt: -1, prev: null, next: null };
       this.cache.set(hash, block);
       out.push(block);
       if (!run) {
@@ -171,6 +213,11 @@ export class BlockPool {
     this.active -= block.count;
     this.inactive += block.count;
     block.freedAt = this.clock++;
+    if (block.hash === PRIVATE_BLOCK_KEY) {
+      const runs = this.inactiveRuns.get(block.owner);
+      if (runs) runs.push(block);
+      else this.inactiveRuns.set(block.owner, [block]);
+    }
     block.prev = this.lruTail;
     block.next = null;
     if (this.lruTail) this.lruTail.next = block;
@@ -184,6 +231,38 @@ export class BlockPool {
     if (events.length === 0) return NO_EVENTS;
     this.pending = [];
     return events;
+  }
+
+  /** The owner's inactive private run starting at block `index`, if cached. */
+  private runAt(owner: number, index: number): CachedBlock | undefined {
+    const runs = this.inactiveRuns.get(owner);
+    if (!runs) return undefined;
+    for (const run of runs) if (run.start === index) return run;
+    return undefined;
+  }
+
+  /** Moves the first `n` blocks of an inactive private run to active (the rest keeps its LRU place). */
+  private takeFront(run: CachedBlock, n: number): void {
+    run.start += n;
+    run.count -= n;
+    this.inactive -= n;
+    this.active += n;
+    if (run.count === 0) {
+      this.unlink(run);
+      this.forgetRun(run);
+    }
+  }
+
+  private forgetRun(run: CachedBlock): void {
+    const runs = this.inactiveRuns.get(run.owner);
+    if (!runs) return;
+    const i = runs.indexOf(run);
+    if (i >= 0) runs.splice(i, 1);
+    if (runs.length === 0) this.inactiveRuns.delete(run.owner);
+  }
+
+  private privateRun(owner: number, start: number, count: number): CachedBlock {
+    return { hash: PRIVATE_BLOCK_KEY, tokensHash: PRIVATE_BLOCK_KEY, count, owner, start, refCount: 1, freedAt: -1, prev: null, next: null };
   }
 
   private evict(count: number): void {
@@ -200,7 +279,10 @@ export class BlockPool {
       this.unlink(victim);
       this.inactive -= victim.count;
       left -= victim.count;
-      if (victim.hash === PRIVATE_BLOCK_KEY) continue;
+      if (victim.hash === PRIVATE_BLOCK_KEY) {
+        this.forgetRun(victim);
+        continue;
+      }
       this.cache.delete(victim.hash);
       removed.push(victim.hash);
     }
