@@ -31,6 +31,8 @@ export interface EngineRequest {
   dpRank?: number | null;
   /** Per-request seed (e.g. sampling_options.seed); defaults to the arrival counter. */
   seed?: number;
+  /** See SequenceInput.privateOutput (trace replay). */
+  privateOutput?: boolean;
 }
 
 export type SubmitError = { ok: false; kind: 'invalid' | 'dp-rank' | 'too-long' | 'rejected'; reason: string };
@@ -118,6 +120,7 @@ export class Engine {
       rng: createRng(seed),
       vocabSize: this.model.vocabSize,
       bannedTokens: req.bannedTokens,
+      privateOutput: req.privateOutput,
     });
     if (!added.ok) return { ok: false, kind: 'rejected', reason: added.reason };
     return { ok: true, seq: added.seq, rank };

@@ -23,6 +23,12 @@ export interface SequenceInput {
   vocabSize: number;
   /** Token ids the engine must never emit (EOS, hidden stop tokens). */
   bannedTokens?: ReadonlySet<number>;
+  /**
+   * The output's token ids matter to nobody (trace replay reports counts only, and random output
+   * never matches another request's blocks): they are not drawn (id 0 is emitted), and the blocks
+   * they complete are private to this request.
+   */
+  privateOutput?: boolean;
 }
 
 export class Sequence {
@@ -57,6 +63,7 @@ export class Sequence {
   private readonly rng: Rng;
   private readonly vocabSize: number;
   private readonly banned: ReadonlySet<number> | undefined;
+  private readonly privateOutput: boolean;
 
   constructor(
     input: SequenceInput,
@@ -70,6 +77,7 @@ export class Sequence {
     this.rng = input.rng;
     this.vocabSize = input.vocabSize;
     this.banned = input.bannedTokens && input.bannedTokens.size > 0 ? input.bannedTokens : undefined;
+    this.privateOutput = input.privateOutput === true;
     if (hasher && input.promptBlocks) {
       const { local, seq, tail } = input.promptBlocks;
       const last = seq.length ? seq[seq.length - 1] : null;
@@ -119,6 +127,7 @@ export class Sequence {
 
   /** Draws the next output token: inside the vocabulary and never a banned (stop) id. */
   drawToken(): number {
+    if (this.privateOutput) return 0;
     for (;;) {
       const token = this.rng.nextInt(this.vocabSize);
       if (!this.banned || !this.banned.has(token)) return token;
@@ -133,13 +142,14 @@ export class Sequence {
     this.tailLength++;
     const last = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
     // Nothing after a private block can be shared either, so its tokens are never hashed.
-    const isPrivate = last === PRIVATE_BLOCK_KEY;
+    const isPrivate = this.privateOutput || last === PRIVATE_BLOCK_KEY;
     if (!isPrivate) this.tail.push(token);
     if (this.tailLength < this.blockSize) return;
     this.tailLength = 0;
     if (isPrivate) {
       this.localHashes.push(PRIVATE_BLOCK_KEY);
       this.seqHashes.push(PRIVATE_BLOCK_KEY);
+      this.tail.length = 0;
       return;
     }
     const local = blockHash(this.hasher, this.tail, 0, this.blockSize);

@@ -64,7 +64,9 @@ export class SyntheticPrompts {
 
   /** The engine request for one trace record (key = trace index). */
   request(record: TraceRecord): EngineRequest {
-    const base = { key: record.index, promptLength: record.inputLength, maxTokens: record.outputLength, seed: record.index };
+    // Output ids are never reported; unless every block must be hashed (the reference mode), they
+    // are neither drawn nor hashed.
+    const base = { key: record.index, promptLength: record.inputLength, maxTokens: record.outputLength, seed: record.index, privateOutput: this.markPrivate };
     if (!this.hasher) return { ...base, promptBlocks: { local: [], seq: [], tail: [] } };
     if (!this.aligned) return { ...base, promptTokens: this.allTokens(record) };
     return { ...base, promptBlocks: this.blocks(record, this.hasher) };
