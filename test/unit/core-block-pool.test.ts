@@ -375,6 +375,33 @@ describe('BlockPool commit', () => {
 });
 
 describe('BlockPool private block runs', () => {
+  const P = PRIVATE_BLOCK_KEY;
+
+  it('are found again only by their owner, minus what eviction took from their tail', () => {
+    const pool = new BlockPool(10, true);
+    const keys = [1n, 2n, P, P, P, P];
+    const out: CachedBlock[] = [];
+    expect(pool.allocateSlots(6)).toBe(true);
+    pool.commit(keys, keys, 0, 6, out, 7);
+    releaseTailFirst(pool, out); // as a preemption does
+    expect(pool.probe(keys, 6, 7)).toEqual({ hitBlocks: 6, activeHitBlocks: 0 });
+    expect(pool.probe(keys, 6, 8)).toEqual({ hitBlocks: 2, activeHitBlocks: 0 }); // another owner
+    expect(pool.probe(keys, 4, 7)).toEqual({ hitBlocks: 4, activeHitBlocks: 0 }); // capped
+
+    // Fill the pool: the private run was freed first, so it loses its last blocks first.
+    expect(pool.allocateSlots(4)).toBe(true);
+    expect(pool.allocateSlots(1)).toBe(true);
+    expect(pool.probe(keys, 6, 7)).toEqual({ hitBlocks: 5, activeHitBlocks: 0 });
+    expect(pool.drainEvents().filter((e) => e.data.kind === 'removed')).toEqual([]);
+
+    // The owner takes back its prefix: 2 real blocks and 3 private ones, now active.
+    const again: CachedBlock[] = [];
+    pool.acquirePrefix(keys, 5, 7, again);
+    expect(again.map((b) => b.count)).toEqual([1, 1, 3]);
+    expect(pool.activeBlocks).toBe(5 + 5);
+    expect(pool.inactiveBlocks).toBe(0);
+  });
+
   it('take capacity and age in the LRU like real blocks but are never announced or found', () => {
     const pool = new BlockPool(8, true);
     const out: CachedBlock[] = [];
