@@ -62,48 +62,34 @@ export function handleRequest(payload: Uint8Array, deps: RequestHandlerDeps): vo
   void done.finally(() => deps.inflight.delete(done));
 }
 
-function tryParseControl(header: Uint8Array): ReturnType<typeof parseRequestControl> | null {
-  try {
-    return parseRequestControl(header);
-  } catch {
-    return null;
-  }
-}
-
 async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<void> {
   const { live, metrics, log } = deps;
   const arrivalMs = performance.now();
   const tracker = metrics.begin(payload.length);
   try {
     let frame;
+    // A frame whose only fault is its checksum still names its caller: it is refused on its stream
+    // below rather than dropped, so the frontend does not wait for a call home that never comes.
+    let frameError: string | null = null;
     try {
       frame = decodeTwoPart(payload, deps.xxh);
     } catch (err) {
       metrics.error('invalid_message');
-      const message = (err as Error).message;
-      // A frame whose only fault is its checksum still names its caller: tell it on its stream
-      // rather than leave a frontend waiting for a call home that never comes.
-      if (err instanceof TwoPartError && err.kind === 'checksum') {
-        const control = tryParseControl(decodeTwoPart(payload).header);
-        if (control) {
-          log.warn({ request_id: control.id }, `refusing request: ${message}`);
-          await ResponseStream.open(control.connectionInfo, deps.xxh).then(
-            (stream) => {
-              stream.sendPrologue(message);
-              stream.end();
-            },
-            () => metrics.error('response_stream'),
-          );
-          return;
-        }
+      if (!(err instanceof TwoPartError && err.kind === 'checksum')) {
+        log.warn(`dropping malformed request frame: ${(err as Error).message}`);
+        return;
       }
-      log.warn(`dropping malformed request frame: ${message}`);
-      return;
+      frameError = err.message;
+      frame = decodeTwoPart(payload);
     }
     let control;
     try {
       control = parseRequestControl(frame.header);
     } catch (err) {
+      if (frameError !== null) {
+        log.warn(`dropping malformed request frame: ${frameError}`);
+        return;
+      }
       metrics.error('deserialization');
       log.warn(`dropping request with a bad control header: ${(err as Error).message}`);
       return;
@@ -117,12 +103,14 @@ async function serve(payload: Uint8Array, deps: RequestHandlerDeps): Promise<voi
       return;
     }
 
-    const refuse = (type: WorkErrorType, message: string): void => {
-      metrics.error(type);
+    /** `type` null: the error was already counted. */
+    const refuse = (type: WorkErrorType | null, message: string): void => {
+      if (type !== null) metrics.error(type);
       log.warn({ request_id: control.id }, `refusing request: ${message}`);
       stream.sendPrologue(message);
       stream.end();
     };
+    if (frameError !== null) return refuse(null, frameError);
     let req: PreprocessedRequest;
     try {
       req = parsePreprocessedRequest(frame.body);
