@@ -96,19 +96,19 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     subject,
     beforeInstance: async () => {
       // A NATS micro service as Dynamo's runtime builds it (async-nats service API): named after the
-      // component, versioned as the runtime, queue group "q", answering $SRV.PING/INFO/STATS; the
-      // endpoint "{endpoint}-{lease hex}" in the group named like the service gives the request subject.
+      // component, versioned as the runtime, queue group "q", answering $SRV.PING/INFO/STATS, with
+      // one endpoint "{endpoint}-{lease hex}" listening on the request subject.
       const { namespace, component, endpoint } = config.endpoint;
-      const name = serviceName(config.endpoint);
       service = await nats.services.add({
-        name,
+        name: serviceName(config.endpoint),
         version: config.dynamoVersion,
         description: `Dynamo component ${component} in namespace ${namespace}`,
         queue: 'q',
         // Dynamo's mocker registers no stats payload: endpoints[].data is null in $SRV.STATS.
         statsHandler: async () => null,
       });
-      service.addGroup(name).addEndpoint(`${endpoint}-${hex}`, {
+      service.addEndpoint(`${endpoint}-${hex}`, {
+        subject,
         handler: (err, msg) => {
           if (err) {
             log.error({ err }, 'request subscription failed');
@@ -122,7 +122,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
       await nats.flush();
     },
   });
-  shared.health.setEndpoint(config.endpoint.endpoint, 'ready', lease.id.toString(16));
+  shared.health.setEndpoint(config.endpoint.endpoint, 'ready', hex);
   log.info({ subject }, 'worker registered and serving');
 
   let stopping: Promise<void> | null = null;
@@ -135,7 +135,7 @@ export async function startWorker(config: WorkerConfig, shared: WorkerShared, in
     queuedRequests: (rank) => queues[rank].size,
     stop(graceMs: number): Promise<void> {
       stopping ??= (async () => {
-        shared.health.setEndpoint(config.endpoint.endpoint, 'notready', lease.id.toString(16));
+        shared.health.setEndpoint(config.endpoint.endpoint, 'notready', hex);
         // 1. Stop taking requests: the service drains its subscriptions (messages already delivered
         //    are still acked and handled), then nothing new reaches this worker.
         if (service) {
