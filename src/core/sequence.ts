@@ -63,7 +63,10 @@ export class Sequence {
   private readonly rng: Rng;
   private readonly vocabSize: number;
   private readonly banned: ReadonlySet<number> | undefined;
-  private readonly privateOutput: boolean;
+  /** False when output ids are never looked at (SequenceInput.privateOutput). */
+  private readonly drawsTokens: boolean;
+  /** Output never completes a shareable block: it follows a private block or is private itself. */
+  private readonly outputPrivate: boolean;
 
   constructor(
     input: SequenceInput,
@@ -77,7 +80,9 @@ export class Sequence {
     this.rng = input.rng;
     this.vocabSize = input.vocabSize;
     this.banned = input.bannedTokens && input.bannedTokens.size > 0 ? input.bannedTokens : undefined;
-    this.privateOutput = input.privateOutput === true;
+    this.drawsTokens = input.privateOutput !== true;
+    // Nothing after a private block can be shared either, so output after one is private too.
+    this.outputPrivate = input.privateOutput === true || input.promptBlocks?.seq.at(-1) === PRIVATE_BLOCK_KEY;
     if (hasher && input.promptBlocks) {
       const { local, seq, tail } = input.promptBlocks;
       const last = seq.length ? seq[seq.length - 1] : null;
@@ -127,7 +132,7 @@ export class Sequence {
 
   /** Draws the next output token: inside the vocabulary and never a banned (stop) id. */
   drawToken(): number {
-    if (this.privateOutput) return 0;
+    if (!this.drawsTokens) return 0;
     for (;;) {
       const token = this.rng.nextInt(this.vocabSize);
       if (!this.banned || !this.banned.has(token)) return token;
@@ -140,18 +145,18 @@ export class Sequence {
     this.knownLength++;
     if (!this.hasher) return;
     this.tailLength++;
-    const last = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
-    // Nothing after a private block can be shared either, so its tokens are never hashed.
-    const isPrivate = this.privateOutput || last === PRIVATE_BLOCK_KEY;
-    if (!isPrivate) this.tail.push(token);
-    if (this.tailLength < this.blockSize) return;
-    this.tailLength = 0;
-    if (isPrivate) {
+    if (this.outputPrivate) {
+      // Private blocks are never hashed, so their tokens are not kept.
+      if (this.tailLength < this.blockSize) return;
+      this.tailLength = 0;
       this.localHashes.push(PRIVATE_BLOCK_KEY);
       this.seqHashes.push(PRIVATE_BLOCK_KEY);
-      this.tail.length = 0;
       return;
     }
+    this.tail.push(token);
+    if (this.tailLength < this.blockSize) return;
+    this.tailLength = 0;
+    const last = this.seqHashes.length ? this.seqHashes[this.seqHashes.length - 1] : null;
     const local = blockHash(this.hasher, this.tail, 0, this.blockSize);
     this.localHashes.push(local);
     this.seqHashes.push(sequenceHash(this.hasher, last, local));

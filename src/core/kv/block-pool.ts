@@ -171,8 +171,7 @@ export class BlockPool {
       const hash = hashes[i];
       if (hash === PRIVATE_BLOCK_KEY) {
         const last = out.length ? out[out.length - 1] : null;
-        const target = last && last.hash === PRIVATE_BLOCK_KEY ? last : null;
-        if (target) target.count++;
+        if (last && last.hash === PRIVATE_BLOCK_KEY) last.count++;
         else out.push(this.privateRun(owner, i, 1));
         // The owner's block i may still be cached from before a preemption: reuse it, as a hashed
         // block would be reused, and give the slot back.
@@ -193,7 +192,7 @@ export class BlockPool {
         out.push(this.acquire(hash));
         continue;
       }
-      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, owner: -1, start: i, refCount: 1, freedAt: -1, prev: null, next: null };
+      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, owner: -1, start: -1, refCount: 1, freedAt: -1, prev: null, next: null };
       this.cache.set(hash, block);
       out.push(block);
       if (!run) {
