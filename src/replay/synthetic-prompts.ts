@@ -108,35 +108,25 @@ export class SyntheticPrompts {
       const chunkLength = Math.min(S, record.inputLength - j * S);
       const fullBlocks = Math.floor(chunkLength / bs);
       counted = j < record.hashIds.length ? counted?.children.get(record.hashIds[j]) : undefined;
-      const shared = node !== null && counted !== undefined && counted.count > 1;
+      const shared: boolean = node !== null && counted !== undefined && counted.count > 1;
+      // The chunk's hashes: memoised when other requests walk the same prefix; computed afresh in the
+      // reference mode (nobody else walks them); none when the rest of the prompt is private.
+      let hashed: ChunkNode | null = null;
       if (shared) {
         const id = record.hashIds[j];
-        let child: ChunkNode | undefined = node!.children.get(id);
-        if (!child) {
-          child = this.hashChunk(record, j, parent, hasher, perChunk, id);
-          node!.children.set(id, child);
+        hashed = node!.children.get(id) ?? null;
+        if (!hashed) {
+          hashed = this.hashChunk(record, j, parent, hasher, perChunk, id);
+          node!.children.set(id, hashed);
         }
-        for (let b = 0; b < fullBlocks; b++) {
-          local.push(child.local[b]);
-          seq.push(child.seq[b]);
-        }
-        node = child;
       } else if (!this.markPrivate) {
-        // Reference mode: hash this request's own chunks too (not memoised: nobody else walks them).
-        const own = this.hashChunk(record, j, parent, hasher, perChunk, j < record.hashIds.length ? record.hashIds[j] : -1);
-        for (let b = 0; b < fullBlocks; b++) {
-          local.push(own.local[b]);
-          seq.push(own.seq[b]);
-        }
-        node = null;
-      } else {
-        // From here on the prompt is this request's alone: nothing to memoise or hash.
-        for (let b = 0; b < fullBlocks; b++) {
-          local.push(PRIVATE_BLOCK_KEY);
-          seq.push(PRIVATE_BLOCK_KEY);
-        }
-        node = null;
+        hashed = this.hashChunk(record, j, parent, hasher, perChunk, j < record.hashIds.length ? record.hashIds[j] : -1);
       }
+      for (let b = 0; b < fullBlocks; b++) {
+        local.push(hashed ? hashed.local[b] : PRIVATE_BLOCK_KEY);
+        seq.push(hashed ? hashed.seq[b] : PRIVATE_BLOCK_KEY);
+      }
+      node = shared ? hashed : null;
       if (seq.length) parent = seq[seq.length - 1];
       // The tail only matters when the block it starts could be shared, i.e. its parent is not private.
       if (chunkLength % bs !== 0 && parent !== PRIVATE_BLOCK_KEY) {
