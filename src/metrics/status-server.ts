@@ -137,17 +137,13 @@ export async function startStatusServer(opts: StatusServerOptions): Promise<Stat
       send(req, res, ready ? 200 : 503, TEXT, body);
       return;
     }
-    // /metrics: collect() callbacks (uptime) run inside registry.metrics().
-    let text: Promise<string>;
-    try {
-      text = opts.registry.metrics();
-    } catch (err) {
-      text = Promise.reject(err);
-    }
-    text.then(
-      (t) => send(req, res, 200, opts.registry.contentType, t),
-      () => send(req, res, 500, TEXT, 'Failed to get metrics'),
-    );
+    // /metrics: collect() callbacks (uptime) run inside registry.metrics(); a throwing one is a 500.
+    Promise.resolve()
+      .then(() => opts.registry.metrics())
+      .then(
+        (t) => send(req, res, 200, opts.registry.contentType, t),
+        () => send(req, res, 500, TEXT, 'Failed to get metrics'),
+      );
   });
 
   await new Promise<void>((resolve, reject) => {
