@@ -4,7 +4,9 @@ import { createXXHash3 } from 'hash-wasm';
 import type { NatsConnection, Subscription } from 'nats';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
+import type { KvEvent, KvEventData } from '../../src/core/types.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
+import { RouterIndex } from '../helpers/core-fixtures.js';
 import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
@@ -53,18 +55,12 @@ function seqHashes(tokens: number[], bs = BS): bigint[] {
 
 // ---- what a router reads ----
 
-interface StoredBlock {
-  blockHash: bigint;
-  tokensHash: bigint;
-}
-type EventData = { kind: 'stored'; parentHash: bigint | null; blocks: StoredBlock[] } | { kind: 'removed'; hashes: bigint[] } | { kind: 'cleared' };
-interface RouterEvent {
+/** A RouterEvent off the wire, in the core's event shape, with the worker id and the raw JSON. */
+interface RouterEvent extends KvEvent {
   workerId: bigint;
-  eventId: bigint;
-  dpRank: number;
-  data: EventData;
   raw: string;
 }
+type EventData = KvEventData;
 
 const big = (v: unknown): bigint => {
   if (typeof v !== 'bigint' && typeof v !== 'number') throw new Error(`not an integer: ${String(v)}`);
@@ -84,49 +80,10 @@ function decodeRouterEvent(raw: string): RouterEvent {
       parentHash: d.stored.parent_hash === null ? null : big(d.stored.parent_hash),
       blocks: d.stored.blocks.map((b: Record<string, unknown>) => ({ blockHash: big(b.block_hash), tokensHash: big(b.tokens_hash) })),
     };
-  } else if (d.removed) data = { kind: 'removed', hashes: d.removed.block_hashes.map(big) };
+  } else if (d.removed) data = { kind: 'removed', blockHashes: d.removed.block_hashes.map(big) };
   else throw new Error(`unknown event data ${raw}`);
-  return { workerId: big(j.worker_id), eventId: big(j.event.event_id), dpRank: j.event.dp_rank, data, raw };
-}
-
-/**
- * A router-side index per (worker, dp rank), as Dynamo's radix tree keeps it: stored runs attach under a
- * known parent (or the root), removals must name known blocks. Any violation is recorded, not thrown.
- */
-class RouterIndex {
-  readonly blocks = new Map<string, Map<bigint, bigint | null>>();
-  readonly problems: string[] = [];
-  stored = 0;
-  removed = 0;
-
-  apply(e: RouterEvent): void {
-    const key = `${e.workerId}/${e.dpRank}`;
-    let m = this.blocks.get(key);
-    if (!m) this.blocks.set(key, (m = new Map()));
-    if (e.data.kind === 'cleared') {
-      m.clear();
-      return;
-    }
-    if (e.data.kind === 'stored') {
-      let parent = e.data.parentHash;
-      if (parent !== null && !m.has(parent)) this.problems.push(`unknown parent ${parent} in ${e.raw}`);
-      for (const b of e.data.blocks) {
-        if (m.has(b.blockHash)) this.problems.push(`block ${b.blockHash} stored twice`);
-        m.set(b.blockHash, parent);
-        parent = b.blockHash;
-        this.stored++;
-      }
-      return;
-    }
-    for (const h of e.data.hashes) {
-      if (!m.delete(h)) this.problems.push(`removal of unknown block ${h} in ${e.raw}`);
-      this.removed++;
-    }
-  }
-
-  size(workerId: bigint, dpRank = 0): number {
-    return this.blocks.get(`${workerId}/${dpRank}`)?.size ?? 0;
-  }
+  expect(typeof j.event.event_id).toBe('number');
+  return { workerId: big(j.worker_id), eventId: j.event.event_id, dpRank: j.event.dp_rank, data, raw };
 }
 
 /** Reads a stream from its first message with an ordered consumer, into `events`. */
@@ -276,17 +233,18 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     await run(client, inst.subject, [...prompts[0], ...range(50_000, 16)], 3);
     await run(client, inst.subject, [...prompts[7].slice(0, 32), ...range(60_000, 32)], 3);
     const before = await fence(client, inst.subject, events);
+    // The shared router-side index throws on an unknown parent, an unknown removed block, a block
+    // stored while still live, or a gap in the event ids.
     const index = new RouterIndex();
     const storedEver = new Set<bigint>();
     for (const e of events) {
       if (e.data.kind === 'stored') for (const b of e.data.blocks) storedEver.add(b.blockHash);
-      if (e.data.kind === 'removed') for (const h of e.data.hashes) expect(storedEver.has(h)).toBe(true);
+      if (e.data.kind === 'removed') for (const h of e.data.blockHashes) expect(storedEver.has(h)).toBe(true);
       index.apply(e);
     }
-    expect(index.problems).toEqual([]);
-    expect(index.removed).toBeGreaterThan(0);
+    expect(index.removedBlocks).toBeGreaterThan(0);
     // The index never holds more than the pool's capacity, and every stored hash was a real block hash.
-    expect(index.size(inst.instanceId)).toBeLessThanOrEqual(12);
+    expect(index.size()).toBeLessThanOrEqual(12);
     const allExpected = new Set(prompts.flatMap((p) => seqHashes(p)));
     for (const p of [[...prompts[0], ...range(50_000, 16)], [...prompts[7].slice(0, 32), ...range(60_000, 32)]]) for (const h of seqHashes(p)) allExpected.add(h);
     const fenceHashes = events.slice(before.length).flatMap((e) => (e.data.kind === 'stored' ? e.data.blocks.map((b) => b.blockHash) : []));
@@ -294,7 +252,7 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     // Prompt 0 was evicted before it came back: its blocks were stored twice in all, with a removal between.
     const p0 = seqHashes(prompts[0])[0];
     expect(before.filter((e) => e.data.kind === 'stored' && e.data.blocks.some((b) => b.blockHash === p0))).toHaveLength(2);
-    expect(before.some((e) => e.data.kind === 'removed' && e.data.hashes.includes(p0))).toBe(true);
+    expect(before.some((e) => e.data.kind === 'removed' && e.data.blockHashes.includes(p0))).toBe(true);
     await stop();
     await finish(w, client);
   });
@@ -312,8 +270,7 @@ describe.skipIf(!enabled)('KV events on the JetStream stream', () => {
     for (const e of before) expect(e.data).toEqual(storedRun(prompt));
     const index = new RouterIndex();
     for (const e of before) index.apply(e);
-    expect(index.problems).toEqual([]);
-    expect([index.size(inst.instanceId, 0), index.size(inst.instanceId, 1)]).toEqual([2, 2]);
+    expect([index.size(0), index.size(1)]).toEqual([2, 2]);
     await stop();
     await finish(w, client);
   });
