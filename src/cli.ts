@@ -2,6 +2,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import {
   ConfigError,
+  DYNAMO_VERSIONS,
   ENGINE_DEFAULTS,
   REPLAY_DEFAULTS,
   WORKER_DEFAULTS,
@@ -9,23 +10,12 @@ import {
   parseWorkerConfig,
   type RawOptions,
 } from './config.js';
+import { ConnectionError } from './adapters/connection-error.js';
 import { addRequestCommand } from './client/request-command.js';
-import { ConnectionError } from './dynamo/connections.js';
+import { processIo, type CliIo } from './io.js';
 import { TraceError } from './replay/trace.js';
 
-export interface CliIo {
-  out: (text: string) => void;
-  err: (text: string) => void;
-  env: Record<string, string | undefined>;
-  isTty: boolean;
-}
-
-const defaultIo = (): CliIo => ({
-  out: (t) => process.stdout.write(t),
-  err: (t) => process.stderr.write(t),
-  env: process.env,
-  isTty: Boolean(process.stderr.isTTY),
-});
+export type { CliIo };
 
 const d = (value: unknown): string => ` (default: ${value})`;
 
@@ -67,8 +57,14 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--num-workers <n>', `independent workers in this process${d(WORKER_DEFAULTS.numWorkers)}`)
     .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)')
     .addOption(
-      new Option('--dynamo-version <version>', `wire protocol generation: 0.6.1 (card files as local paths) or 0.6.0 (card files in the NATS object store)${d(WORKER_DEFAULTS.dynamoVersion)}`).choices(['0.6.0', '0.6.1']),
-    );
+      new Option(
+        '--dynamo-version <version>',
+        `wire protocol generation: 0.6.1 (etcd + NATS, card files as local paths), 0.6.0 (card files in the NATS object store) or 1.4 (tagged records, TCP request plane, file discovery)${d(WORKER_DEFAULTS.dynamoVersion)}`,
+      ).choices([...DYNAMO_VERSIONS]),
+    )
+    .addOption(new Option('--discovery-backend <backend>', `1.4: where the worker registers, etcd or file (default: $DYN_DISCOVERY_BACKEND, else ${WORKER_DEFAULTS.discoveryBackend})`))
+    .addOption(new Option('--request-plane <plane>', 'how requests arrive, tcp or nats (default: $DYN_REQUEST_PLANE, else tcp for 1.4, nats for 0.6.x)'))
+    .addOption(new Option('--event-plane <plane>', '1.4: the KV-event plane, zmq or nats (default: $DYN_EVENT_PLANE, else zmq)'));
   addEngineOptions(program);
   program.action(async (opts: RawOptions) => {
     const config = parseWorkerConfig(opts, argv, io.env);
@@ -105,7 +101,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
 }
 
 /** Runs the CLI; returns the process exit code (2 for bad flags, 1 for runtime failures). */
-export async function main(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+export async function main(argv: readonly string[], io: CliIo = processIo()): Promise<number> {
   const exitCode = { value: 0 };
   const program = buildProgram(io, argv, exitCode);
   try {

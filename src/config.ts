@@ -1,8 +1,9 @@
-// One typed configuration: defaults declared once, every flag validated in one place.
+// One typed configuration: defaults declared once, every flag and DYN_* variable validated in one place.
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { EngineConfig, PreemptionMode } from './core/types.js';
 
-/** Raised for any bad flag or file; the CLI prints it and exits with code 2. */
+/** Raised for any bad flag, environment variable or file; the CLI prints it and exits with code 2. */
 export class ConfigError extends Error {
   constructor(
     readonly flag: string,
@@ -35,6 +36,36 @@ export const WORKER_DEFAULTS = {
   startupTimeS: 0,
   modelName: null as string | null,
   dynamoVersion: '0.6.1' as DynamoVersion,
+  namespace: 'dynamo',
+  discoveryBackend: 'etcd' as DiscoveryBackend,
+  /** DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT, seconds. */
+  gracefulShutdownS: 30,
+  /** DYN_NATS_STREAM_MAX_AGE, seconds. */
+  natsStreamMaxAgeS: 3600,
+} as const;
+
+/** The system status server's defaults (Dynamo's runtime config). */
+export const SYSTEM_SERVER_DEFAULTS = {
+  host: '0.0.0.0',
+  /** 0.6.x only: the port DYN_SYSTEM_ENABLED alone turns on (Dynamo's old code default). */
+  legacyPort: 9090,
+  healthPath: '/health',
+  livePath: '/live',
+  startingStatus: 'notready' as 'ready' | 'notready',
+} as const;
+
+/** The TCP request plane's worker-side defaults (Dynamo's DYN_TCP_* code defaults). */
+export const TCP_SERVER_DEFAULTS = {
+  /** DYN_TCP_RPC_PORT: 0 = OS-assigned. */
+  port: 0,
+  /** DYN_TCP_MAX_MESSAGE_SIZE: the largest request frame, bytes. */
+  maxMessageBytes: 32 * 1024 * 1024,
+  /** DYN_TCP_SHRINK_MESSAGE_SIZE: a read buffer grown past this is released after the frame. */
+  shrinkMessageBytes: 8 * 1024 * 1024,
+  /** DYN_TCP_WORKER_POOL_SIZE: requests handled at once per process (Dynamo ≥ 1.2 default). */
+  workerPoolSize: 10_000,
+  /** DYN_TCP_WORK_QUEUE_SIZE: requests waiting for a handler beyond that (Dynamo ≥ 1.2 default). */
+  workQueueSize: 40_000,
 } as const;
 
 export const REPLAY_DEFAULTS = {
@@ -43,8 +74,28 @@ export const REPLAY_DEFAULTS = {
   concurrency: null as number | null,
 } as const;
 
-export type DynamoVersion = '0.6.0' | '0.6.1';
-export const DYNAMO_VERSIONS: readonly DynamoVersion[] = ['0.6.0', '0.6.1'];
+export type DynamoVersion = '0.6.0' | '0.6.1' | '1.4';
+export const DYNAMO_VERSIONS: readonly DynamoVersion[] = ['0.6.1', '0.6.0', '1.4'];
+export type DiscoveryBackend = 'etcd' | 'file';
+export type RequestPlaneKind = 'nats' | 'tcp';
+export type EventPlaneKind = 'nats' | 'zmq';
+
+/** What each protocol generation can speak, and what it defaults to (Dynamo's own defaults). */
+export interface GenerationPlanes {
+  discovery: readonly DiscoveryBackend[];
+  requestPlanes: readonly RequestPlaneKind[];
+  defaultRequestPlane: RequestPlaneKind;
+  eventPlanes: readonly EventPlaneKind[];
+  defaultEventPlane: EventPlaneKind;
+}
+
+export const GENERATION_PLANES: Readonly<Record<DynamoVersion, GenerationPlanes>> = {
+  // 0.6.x: etcd, the NATS request plane and JetStream KV events are the only choices.
+  '0.6.0': { discovery: ['etcd'], requestPlanes: ['nats'], defaultRequestPlane: 'nats', eventPlanes: ['nats'], defaultEventPlane: 'nats' },
+  '0.6.1': { discovery: ['etcd'], requestPlanes: ['nats'], defaultRequestPlane: 'nats', eventPlanes: ['nats'], defaultEventPlane: 'nats' },
+  // 1.4: TCP request plane by default (since 0.8), ZMQ event plane by default (since 1.3).
+  '1.4': { discovery: ['etcd', 'file'], requestPlanes: ['tcp', 'nats'], defaultRequestPlane: 'tcp', eventPlanes: ['zmq', 'nats'], defaultEventPlane: 'zmq' },
+};
 
 /** Everything the engine (scheduler, pool, timing) of one worker needs. */
 export interface EngineSettings extends EngineConfig {
@@ -59,6 +110,35 @@ export interface EndpointId {
   endpoint: string;
 }
 
+export type EndpointStatus = 'ready' | 'notready';
+
+/** The system status server (/health, /live, /metrics). */
+export interface SystemServerSettings {
+  enabled: boolean;
+  host: string;
+  port: number;
+  healthPath: string;
+  livePath: string;
+  startingStatus: EndpointStatus;
+}
+
+/** The worker side of the TCP request plane. */
+export interface TcpServerSettings {
+  /** DYN_TCP_RPC_HOST: the IP to bind and advertise; null = the primary local IP, as Dynamo picks it. */
+  host: string | null;
+  port: number;
+  maxMessageBytes: number;
+  shrinkMessageBytes: number;
+  workerPoolSize: number;
+  workQueueSize: number;
+}
+
+export interface DiscoverySettings {
+  backend: DiscoveryBackend;
+  /** DYN_FILE_KV: root of the file backend. */
+  fileRoot: string;
+}
+
 export interface WorkerConfig {
   engine: EngineSettings;
   modelPath: string;
@@ -67,6 +147,24 @@ export interface WorkerConfig {
   numWorkers: number;
   startupTimeS: number;
   dynamoVersion: DynamoVersion;
+  discovery: DiscoverySettings;
+  requestPlane: RequestPlaneKind;
+  /** Only used with the TCP request plane. */
+  tcp: TcpServerSettings;
+  eventPlane: EventPlaneKind;
+  system: SystemServerSettings;
+  gracefulShutdownMs: number;
+  natsStreamMaxAgeS: number;
+  /** DYN_LOG's level. */
+  logLevel: string;
+  /** What the Endpoint record says this worker runs on (Dynamo's rule, from the CUDA variables). */
+  deviceType: 'cpu' | 'cuda';
+  /** 1.4: serve card files over the system server (DYN_SELF_HOST_METADATA, default on). */
+  selfHostMetadata: boolean;
+  /** Lines to log at start (deprecated variables and the like). */
+  warnings: string[];
+  /** The environment, for the adapters that own their variables (NATS_*, ETCD_*, HF_*). */
+  env: Env;
 }
 
 export interface ReplayConfig {
@@ -83,6 +181,8 @@ export interface ReplayConfig {
 
 /** Raw option values as commander hands them over (strings, booleans or undefined). */
 export type RawOptions = Record<string, unknown>;
+
+export type Env = Record<string, string | undefined>;
 
 /** Maps Dynamo's MockEngineArgs JSON keys to our option names. */
 const EXTRA_ENGINE_ARG_KEYS: Record<string, string> = {
@@ -282,11 +382,166 @@ export function parseEndpoint(text: string): EndpointId {
   return { namespace, component, endpoint };
 }
 
-export function defaultEndpoint(env: Record<string, string | undefined>): string {
-  return `dyn://${env.DYN_NAMESPACE || 'dynamo'}.backend.generate`;
+export function defaultEndpoint(env: Env): string {
+  return `dyn://${env.DYN_NAMESPACE || WORKER_DEFAULTS.namespace}.backend.generate`;
 }
 
-export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env: Record<string, string | undefined>): WorkerConfig {
+// ---------------------------------------------------------------------------------------------
+// Environment: every DYN_* variable the worker reads, validated before anything connects.
+
+const nonEmpty = (v: string | undefined): string | undefined => {
+  const t = v?.trim();
+  return t ? t : undefined;
+};
+const TRUTHY = new Set(['1', 'true', 'yes', 'on']);
+
+function envInteger(env: Env, name: string, min: number, max: number): number | undefined {
+  const raw = nonEmpty(env[name]);
+  return raw === undefined ? undefined : parseInteger(name, raw, min, max);
+}
+
+function envSeconds(env: Env, name: string, opts: { exclusiveMin?: number; min?: number }): number | undefined {
+  const raw = nonEmpty(env[name]);
+  return raw === undefined ? undefined : parseNumber(name, raw, opts);
+}
+
+function routePath(env: Env, name: string, fallback: string): string {
+  const p = nonEmpty(env[name]) ?? fallback;
+  if (!p.startsWith('/')) throw new ConfigError(name, `must be a path starting with '/', got '${p}'`);
+  return p;
+}
+
+/**
+ * The system status server. Dynamo ≥ 0.7: `DYN_SYSTEM_PORT` alone switches it on (−1 or unset =
+ * off, 0 = random port) and `DYN_SYSTEM_ENABLED` only earns a deprecation warning. Dynamo 0.6.x:
+ * `DYN_SYSTEM_ENABLED` switches it on at port 9090, an explicit `DYN_SYSTEM_PORT=-1` wins over it.
+ */
+export function systemServerSettings(env: Env, version: DynamoVersion = WORKER_DEFAULTS.dynamoVersion, warnings: string[] = []): SystemServerSettings {
+  const legacy = version !== '1.4';
+  let enabled = legacy && TRUTHY.has((env.DYN_SYSTEM_ENABLED ?? '').trim().toLowerCase());
+  if (!legacy && nonEmpty(env.DYN_SYSTEM_ENABLED) !== undefined) {
+    warnings.push('DYN_SYSTEM_ENABLED is deprecated and ignored (Dynamo ≥ 0.7): the system server is on iff DYN_SYSTEM_PORT ≥ 0');
+  }
+  let port: number = SYSTEM_SERVER_DEFAULTS.legacyPort;
+  const rawPort = nonEmpty(env.DYN_SYSTEM_PORT);
+  if (rawPort !== undefined) {
+    const n = /^[+-]?\d+$/.test(rawPort) ? Number(rawPort) : NaN;
+    if (!Number.isInteger(n) || n < -1 || n > 65535) {
+      throw new ConfigError('DYN_SYSTEM_PORT', `must be a port number 0-65535 (0 = random, -1 = off), got '${env.DYN_SYSTEM_PORT}'`);
+    }
+    if (n === -1) enabled = false;
+    else {
+      port = n;
+      enabled = true;
+    }
+  }
+  const starting = (nonEmpty(env.DYN_SYSTEM_STARTING_HEALTH_STATUS) ?? SYSTEM_SERVER_DEFAULTS.startingStatus).toLowerCase();
+  if (starting !== 'ready' && starting !== 'notready') {
+    throw new ConfigError('DYN_SYSTEM_STARTING_HEALTH_STATUS', `must be 'ready' or 'notready', got '${env.DYN_SYSTEM_STARTING_HEALTH_STATUS}'`);
+  }
+  return {
+    enabled,
+    host: nonEmpty(env.DYN_SYSTEM_HOST) ?? SYSTEM_SERVER_DEFAULTS.host,
+    port,
+    healthPath: routePath(env, 'DYN_SYSTEM_HEALTH_PATH', SYSTEM_SERVER_DEFAULTS.healthPath),
+    livePath: routePath(env, 'DYN_SYSTEM_LIVE_PATH', SYSTEM_SERVER_DEFAULTS.livePath),
+    startingStatus: starting,
+  };
+}
+
+/** DYN_TCP_RPC_HOST / DYN_TCP_RPC_PORT and the worker-side DYN_TCP_* limits. */
+export function tcpServerSettings(env: Env): TcpServerSettings {
+  const host = nonEmpty(env.DYN_TCP_RPC_HOST) ?? null;
+  if (host !== null && isIP(host.replace(/^\[(.*)\]$/, '$1')) === 0) {
+    // The frontend parses the advertised address as a socket address: no host names.
+    throw new ConfigError('DYN_TCP_RPC_HOST', `must be an IP address (the frontend accepts no host names), got '${host}'`);
+  }
+  return {
+    host: host === null ? null : host.replace(/^\[(.*)\]$/, '$1'),
+    port: envInteger(env, 'DYN_TCP_RPC_PORT', 0, 65535) ?? TCP_SERVER_DEFAULTS.port,
+    maxMessageBytes: envInteger(env, 'DYN_TCP_MAX_MESSAGE_SIZE', 64, 2 ** 32 - 1) ?? TCP_SERVER_DEFAULTS.maxMessageBytes,
+    shrinkMessageBytes: envInteger(env, 'DYN_TCP_SHRINK_MESSAGE_SIZE', 1, 2 ** 32 - 1) ?? TCP_SERVER_DEFAULTS.shrinkMessageBytes,
+    workerPoolSize: envInteger(env, 'DYN_TCP_WORKER_POOL_SIZE', 1, 1 << 24) ?? TCP_SERVER_DEFAULTS.workerPoolSize,
+    workQueueSize: envInteger(env, 'DYN_TCP_WORK_QUEUE_SIZE', 0, 1 << 24) ?? TCP_SERVER_DEFAULTS.workQueueSize,
+  };
+}
+
+/** A choice given by flag, else by variable, else the default; names its source when refused. */
+function choose<T extends string>(
+  raw: RawOptions,
+  key: string,
+  env: Env,
+  variable: string,
+  known: readonly string[],
+  fallback: T,
+): { value: T; source: string } {
+  const fromFlag = raw[key] !== undefined ? asString(flagOf(key), raw[key]).toLowerCase() : undefined;
+  const fromEnv = nonEmpty(env[variable])?.toLowerCase();
+  const source = fromFlag !== undefined ? flagOf(key) : fromEnv !== undefined ? variable : null;
+  const value = fromFlag ?? fromEnv ?? fallback;
+  if (source !== null && !known.includes(value)) {
+    throw new ConfigError(source, `must be one of ${known.join(', ')}, got '${value}'`);
+  }
+  return { value: value as T, source: source ?? 'default' };
+}
+
+/** Discovery backend, request plane and event plane, checked against what the generation can do. */
+function planeSettings(raw: RawOptions, env: Env, version: DynamoVersion): Pick<WorkerConfig, 'discovery' | 'requestPlane' | 'eventPlane'> {
+  const g = GENERATION_PLANES[version];
+  const discovery = choose<DiscoveryBackend>(raw, 'discoveryBackend', env, 'DYN_DISCOVERY_BACKEND', ['etcd', 'file', 'kubernetes', 'mem'], WORKER_DEFAULTS.discoveryBackend);
+  if ((discovery.value as string) === 'kubernetes') {
+    throw new ConfigError(discovery.source, "'kubernetes' is not supported: it needs Dynamo's operator (DynamoWorkerMetadata resources); use etcd or file");
+  }
+  if ((discovery.value as string) === 'mem') {
+    throw new ConfigError(discovery.source, "'mem' is not supported: an in-memory store is private to one Dynamo process, so no frontend could see this worker; use etcd or file");
+  }
+  const requestPlane = choose<RequestPlaneKind>(raw, 'requestPlane', env, 'DYN_REQUEST_PLANE', ['tcp', 'nats'], g.defaultRequestPlane);
+  const eventPlane = choose<EventPlaneKind>(raw, 'eventPlane', env, 'DYN_EVENT_PLANE', ['nats', 'zmq'], g.defaultEventPlane);
+  const refuse = (source: string, what: string, allowed: readonly string[]) =>
+    new ConfigError(source, `'${what}' is not spoken by --dynamo-version ${version} (it has ${allowed.join(', ')} only; use --dynamo-version 1.4)`);
+  if (!g.discovery.includes(discovery.value)) throw refuse(discovery.source, discovery.value, g.discovery);
+  if (!g.requestPlanes.includes(requestPlane.value)) throw refuse(requestPlane.source, requestPlane.value, g.requestPlanes);
+  if (!g.eventPlanes.includes(eventPlane.value)) throw refuse(eventPlane.source, eventPlane.value, g.eventPlanes);
+  return {
+    discovery: { backend: discovery.value, fileRoot: nonEmpty(env.DYN_FILE_KV) ?? `${(nonEmpty(env.TMPDIR) ?? '/tmp').replace(/\/+$/, '')}/dynamo_store_kv` },
+    requestPlane: requestPlane.value,
+    eventPlane: eventPlane.value,
+  };
+}
+
+const NOT_A_DEVICE = new Set(['', '-1', 'none', 'void']);
+
+/**
+ * Dynamo's `endpoint_device_type()`, which its mocker uses unchanged: `cpu` when CUDA_VISIBLE_DEVICES
+ * is empty, -1, none or void, or NVIDIA_VISIBLE_DEVICES is none or void; `cuda` otherwise.
+ */
+export function deviceTypeFromEnv(env: Env): 'cpu' | 'cuda' {
+  const cuda = env.CUDA_VISIBLE_DEVICES;
+  if (cuda !== undefined && NOT_A_DEVICE.has(cuda.trim().toLowerCase())) return 'cpu';
+  const nvidia = env.NVIDIA_VISIBLE_DEVICES?.trim().toLowerCase();
+  return nvidia === 'none' || nvidia === 'void' ? 'cpu' : 'cuda';
+}
+
+/** A boolean variable as Dynamo's parse_bool_opt reads it; anything else is an error naming it. */
+function envBool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = nonEmpty(env[name])?.toLowerCase();
+  if (raw === undefined) return fallback;
+  if (TRUTHY.has(raw)) return true;
+  if (['0', 'false', 'no', 'off'].includes(raw)) return false;
+  throw new ConfigError(name, `must be a boolean (true/false, 1/0, yes/no, on/off), got '${env[name]}'`);
+}
+
+/** DYN_LOG is a tracing filter such as `debug,dynamo_runtime=trace`; its first bare level wins. */
+export function levelFromDynLog(value: string | undefined): string {
+  for (const part of (value ?? '').split(',')) {
+    const level = part.trim().toLowerCase();
+    if (LOG_LEVELS.has(level)) return level;
+  }
+  return 'info';
+}
+const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
+
+export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env: Env): WorkerConfig {
   const { startupTimeS, ...engine } = parseEngineSettings(raw, argv);
   if (raw.modelPath === undefined || asString('--model-path', raw.modelPath) === '') {
     throw new ConfigError('--model-path', 'is required (a local model directory or a HuggingFace repo id)');
@@ -304,7 +559,31 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     }
     dynamoVersion = v as DynamoVersion;
   }
-  return { engine, modelPath, modelName, endpoint, numWorkers, startupTimeS, dynamoVersion };
+  const planes = planeSettings(raw, env, dynamoVersion);
+  const warnings: string[] = [];
+  const system = systemServerSettings(env, dynamoVersion, warnings);
+  const tcp = planes.requestPlane === 'tcp' ? tcpServerSettings(env) : tcpServerSettings({});
+  const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
+  const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
+  return {
+    engine,
+    modelPath,
+    modelName,
+    endpoint,
+    numWorkers,
+    startupTimeS,
+    dynamoVersion,
+    ...planes,
+    tcp,
+    system,
+    gracefulShutdownMs: graceS * 1000,
+    natsStreamMaxAgeS,
+    logLevel: levelFromDynLog(env.DYN_LOG),
+    deviceType: deviceTypeFromEnv(env),
+    selfHostMetadata: dynamoVersion === '1.4' && envBool(env, 'DYN_SELF_HOST_METADATA', true),
+    warnings,
+    env,
+  };
 }
 
 export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): ReplayConfig {

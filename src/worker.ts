@@ -1,162 +1,427 @@
-// Composition root for one worker: lease, engine, admission queues, NATS endpoint, registration.
+// Composition root: builds every worker of the process from the typed config, picking the generation's adapters.
+//
+// Adapters load lazily: a worker on file discovery and the TCP plane never loads the etcd or NATS
+// clients, and one without a system status server never loads prom-client.
+import { performance } from 'node:perf_hooks';
 import PQueue from 'p-queue';
-import type { Etcd3 } from 'etcd3';
-import type { NatsConnection, Service } from 'nats';
+import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
+import { callHome } from './adapters/call-home-stream.js';
+import { advertisedHost, hostPort } from './adapters/local-ip.js';
+import type { TcpRequestPlane } from './adapters/tcp-request-plane.js';
 import { RealClock } from './clock/clock.js';
 import type { WorkerConfig } from './config.js';
 import { Engine, type ModelLimits } from './core/engine.js';
-import type { TimingModel } from './core/timing/timing-model.js';
-import { WorkerLease } from './dynamo/lease.js';
-import { leaseHex, requestSubject, serviceName } from './dynamo/names.js';
-import { registerWorker } from './dynamo/registration.js';
-import { handleRequest, type RequestHandlerDeps } from './dynamo/request-handler.js';
-import { LiveEngine, type LiveEngineHooks } from './engine/live-engine.js';
-import type { Xxh3Hasher } from './hashing/xxh3.js';
-import type { HealthState } from './metrics/health.js';
-import { WorkHandlerMetrics } from './metrics/work-handler-metrics.js';
+import type { PassResult } from './core/scheduler.js';
+import type { Transport } from './dynamo/discovery-records.js';
+import { generationOf, type Generation } from './dynamo/generation.js';
+import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
+import type { CardFile } from './dynamo/model-card.js';
+import { kvEventStreamName, kvMetricsSubject, leaseHex, requestSubject, serviceName, slugify, tcpRoutingKey } from './dynamo/names.js';
+import { EngineLoop } from './engine/engine-loop.js';
+import { createBlake3Hex, createXxh3, type Xxh3Hasher } from './hashing/xxh3.js';
+import { HealthState } from './metrics/health.js';
+import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver } from './metrics/request-metrics.js';
+import { ConnectionError } from './adapters/connection-error.js';
+import { checkedFiles } from './model/card-files.js';
+import { cardLocations } from './model/card-locations.js';
+import { DEFAULT_VOCAB_SIZE, readModelInfo } from './model/model-info.js';
+import { resolveModelFiles, type CardFileKind } from './model/resolve-model.js';
+import { loadTimingModel } from './npz/profile-loader.js';
+import { RequestServer, refuseUnrouted } from './serving/request-server.js';
+import type { OpenSink } from './serving/response-sink.js';
 
-/** What every worker of one process shares. */
-export interface WorkerShared {
-  nats: NatsConnection;
-  etcd: Etcd3;
-  xxh: Xxh3Hasher;
-  registry: Registry;
-  health: HealthState;
+export interface WorkersIo {
   log: Logger;
-  timing: TimingModel;
-  model: ModelLimits & { eosTokenIds: number[] };
-  /** The model deployment card JSON every worker of this model publishes. */
-  cardJson: string;
-  /** Extra per-worker observers (KV events, load metrics, engine metrics); built once the lease id is known. */
-  observers?: (worker: { leaseId: bigint; engine: Engine; queues: PQueue[] }) => Promise<WorkerObservers>;
-  /** Called when the lease is lost: the process must shut down. */
-  onLeaseLost: (reason: string) => void;
 }
 
-export interface WorkerObservers extends LiveEngineHooks {
-  /** Per-request latency observer for engine metrics. */
-  request?: RequestHandlerDeps['observe'];
-  stop?(): Promise<void>;
+export interface StopOutcome {
+  reason: string;
+  /** True when the workers stopped on their own because they could not go on (a lost lease). */
+  failed: boolean;
 }
 
 export interface RunningWorker {
-  readonly leaseId: bigint;
-  readonly subject: string;
+  readonly instanceId: bigint;
   readonly engine: Engine;
-  readonly live: LiveEngine;
+  readonly loop: EngineLoop;
   readonly queues: PQueue[];
-  /** Requests queued in admission or running, per DP rank. */
-  queuedRequests(rank: number): number;
-  /** Stop serving, drain in-flight requests (bounded), revoke the lease. */
-  stop(graceMs: number): Promise<void>;
 }
 
-export async function startWorker(config: WorkerConfig, shared: WorkerShared, index: number): Promise<RunningWorker> {
-  const { nats, etcd, log: parentLog } = shared;
-  const lease = await WorkerLease.grant(etcd, 10, shared.onLeaseLost);
-  const hex = leaseHex(lease.id);
-  const log = parentLog.child({ worker: index, instance_id: hex });
-  const subject = requestSubject(config.endpoint, lease.id);
+export interface RunningWorkers {
+  readonly workers: readonly RunningWorker[];
+  /** The system status server's bound address, when it runs. */
+  readonly statusAddress: { host: string; port: number } | null;
+  /**
+   * Stops every worker: stop taking requests, let in-flight ones finish within the grace period
+   * (DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT), deregister, close the connections. Idempotent.
+   */
+  stop(reason: string): Promise<StopOutcome>;
+  /** Settles once the workers have stopped, when asked to or because a registration was lost. */
+  readonly stopped: Promise<StopOutcome>;
+}
 
-  const engine = new Engine(config.engine, shared.timing, shared.xxh, shared.model);
-  const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
-  const observers = await shared.observers?.({ leaseId: lease.id, engine, queues });
-  const live = new LiveEngine(engine, new RealClock(), observers ?? {});
-  live.start();
+/** Per-worker metrics, from prom-client when the system server runs. */
+interface WorkerMetrics {
+  request: RequestMetrics;
+  observe?: (rank: number, arrivalMs: number) => RequestObserver;
+  remove(): void;
+}
 
-  const metrics = WorkHandlerMetrics.forWorker(shared.registry, {
-    namespace: config.endpoint.namespace,
-    component: config.endpoint.component,
-    endpoint: config.endpoint.endpoint,
-    model: config.modelName,
-    workerId: hex,
-  });
-  const shutdown = new AbortController();
-  const deps: RequestHandlerDeps = {
-    live,
-    queues,
-    xxh: shared.xxh,
-    metrics,
-    log,
-    modelEosTokenIds: shared.model.eosTokenIds,
-    inflight: new Set(),
-    shutdown: shutdown.signal,
-    observe: observers?.request,
+/** What every worker of the process shares. */
+interface Shell {
+  config: WorkerConfig;
+  generation: Generation;
+  log: Logger;
+  xxh: Xxh3Hasher;
+  timing: ReturnType<typeof loadTimingModel>;
+  model: ModelLimits & { eosTokenIds: number[] };
+  cardJson: string;
+  discovery: Discovery;
+  nats: NatsConnection | null;
+  tcp: TcpRequestPlane | null;
+  health: HealthState;
+  openSink: OpenSink;
+  metricsFor: (workerId: string, engine: Engine, queues: PQueue[]) => WorkerMetrics;
+  kvStream: string | null;
+  onLost: (reason: string) => void;
+}
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise<RunningWorkers> {
+  const { log } = io;
+  const startedAt = performance.now();
+  for (const warning of config.warnings) log.warn(warning);
+  const generation = generationOf(config.dynamoVersion, config.deviceType);
+  // Undone in reverse order on stop, or when start-up fails half-way.
+  const closers: Array<() => Promise<void>> = [];
+  const closeAll = async (): Promise<void> => {
+    while (closers.length) await closers.pop()!().catch((err) => log.warn({ err }, 'shutdown step failed'));
   };
 
-  let service: Service | null = null;
-  const empty = new Uint8Array(0);
-  await registerWorker({
-    etcd,
-    lease,
-    endpoint: config.endpoint,
-    cardJson: shared.cardJson,
-    subject,
-    beforeInstance: async () => {
-      // A NATS micro service as Dynamo's runtime builds it (async-nats service API): named after the
-      // component, versioned as the runtime, queue group "q", answering $SRV.PING/INFO/STATS, with
-      // one endpoint "{endpoint}-{lease hex}" listening on the request subject.
-      const { namespace, component, endpoint } = config.endpoint;
-      service = await nats.services.add({
-        name: serviceName(config.endpoint),
-        version: config.dynamoVersion,
-        description: `Dynamo component ${component} in namespace ${namespace}`,
-        queue: 'q',
-        // Dynamo's mocker registers no stats payload: endpoints[].data is null in $SRV.STATS.
-        statsHandler: async () => null,
-      });
-      service.addEndpoint(`${endpoint}-${hex}`, {
-        subject,
-        handler: (err, msg) => {
-          if (err) {
-            log.error({ err }, 'request subscription failed');
-            return;
-          }
-          // The frontend waits for this empty ack before it expects the call home.
-          if (msg.reply) msg.respond(empty);
-          handleRequest(msg.data, deps);
-        },
-      });
-      await nats.flush();
-    },
-  });
-  shared.health.setEndpoint(config.endpoint.endpoint, 'ready', hex);
-  log.info({ subject }, 'worker registered and serving');
+  const health = new HealthState(config.system.startingStatus, config.numWorkers);
+  let resolveStopped!: (o: StopOutcome) => void;
+  const stopped = new Promise<StopOutcome>((resolve) => (resolveStopped = resolve));
+  let stopping: Promise<StopOutcome> | null = null;
+  let lostReason: string | null = null;
+  const stop = (reason: string, failed = false): Promise<StopOutcome> =>
+    (stopping ??= (async () => {
+      log.info(`${reason}: draining`);
+      health.setDraining(true);
+      await closeAll();
+      const outcome = { reason, failed };
+      resolveStopped(outcome);
+      return outcome;
+    })());
 
-  let stopping: Promise<void> | null = null;
-  return {
-    leaseId: lease.id,
-    subject,
-    engine,
-    live,
+  try {
+    // 1. Connections first: an unreachable server fails in seconds, before any slow model download.
+    const needsNats = config.requestPlane === 'nats' || generation.jetstreamEvents;
+    const needsEtcd = config.discovery.backend === 'etcd';
+    const connections = needsNats || needsEtcd ? await import('./adapters/connections.js') : null;
+    const [nats, etcd] = await Promise.all([
+      needsNats ? connections!.connectNats(config.env) : null,
+      needsEtcd ? connections!.connectEtcd(config.env) : null,
+    ]);
+    if (nats) closers.push(() => nats.drain().catch(() => {}));
+    let discovery: Discovery;
+    if (etcd) {
+      const { EtcdDiscovery } = await import('./adapters/etcd-discovery.js');
+      discovery = new EtcdDiscovery(etcd);
+    } else {
+      const { FileDiscovery } = await import('./adapters/file-discovery.js');
+      discovery = new FileDiscovery(config.discovery.fileRoot, log);
+    }
+    closers.push(() => discovery.stop());
+
+    // 2. The model: its files, limits and the card every worker publishes.
+    const [files, xxh, blake3Hex] = await Promise.all([
+      resolveModelFiles(config.modelPath, { env: config.env, log: (level, msg) => log[level](msg) }),
+      createXxh3(),
+      createBlake3Hex(),
+    ]);
+    const info =
+      files.source === 'none'
+        ? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null }
+        : readModelInfo(files);
+    if (files.source === 'none') {
+      log.warn(`no files found for model '${config.modelPath}': registering a card without files (the frontend fetches them by name)`);
+    }
+    const checked = await checkedFiles(files, blake3Hex);
+
+    // 3. Metrics and the system status server (only when DYN_SYSTEM_PORT asks for it).
+    const histogramMaxLen = config.engine.maxModelLen ?? (info.contextLength || 32768);
+    const metrics = config.system.enabled ? await startMetrics(config, health, startedAt, histogramMaxLen, log) : null;
+    if (metrics) closers.push(() => metrics.server.close());
+
+    const slug = slugify(config.modelName);
+    let cardFiles: ReadonlyMap<CardFileKind, CardFile> = checked;
+    if (generation.cardFiles === 'object-store') {
+      const { uploadCardFilesToObjectStore } = await import('./dynamo/model-card.js');
+      cardFiles = await uploadCardFilesToObjectStore(nats!, slug, checked);
+    } else if (generation.cardFiles === 'v1') {
+      const selfHostBase =
+        config.selfHostMetadata && metrics ? `http://${hostPort(advertisedHost(metrics.server.address.host), metrics.server.address.port)}` : null;
+      const placed = cardLocations(checked, files, { repoId: config.modelPath, selfHostBase, endpoint: config.endpoint, slug });
+      cardFiles = placed.files;
+      metrics?.serveFiles(placed.served);
+    }
+    const engineContextLength = config.engine.maxModelLen ?? (info.contextLength > 0 ? info.contextLength : null);
+    const cardJson = generation.card({
+      displayName: config.modelName,
+      sourcePath: files.source === 'local' && files.dir ? files.dir : config.modelPath,
+      files: cardFiles,
+      modelContextLength: info.contextLength,
+      engineContextLength,
+      blockSize: config.engine.blockSize,
+      runtime: {
+        totalKvBlocks: config.engine.numGpuBlocks,
+        maxNumSeqs: config.engine.maxNumSeqs,
+        maxNumBatchedTokens: config.engine.maxNumBatchedTokens,
+        dataParallelSize: config.engine.dataParallelSize,
+      },
+    });
+
+    // 4. Planes: the response plane (call home), the TCP request plane, the 0.6.x event stream.
+    const openSink = callHome(xxh, { sentinelAfterStop: generation.sentinelAfterStop });
+    let tcp: TcpRequestPlane | null = null;
+    if (config.requestPlane === 'tcp') {
+      const { TcpRequestPlane } = await import('./adapters/tcp-request-plane.js');
+      // Requests that reach no worker are counted under worker_id "", created at the first one.
+      let unroutedMetrics: RequestMetrics | null = null;
+      const unrouted = (): RequestMetrics => (unroutedMetrics ??= metrics?.forWorker('', null, []).request ?? NO_REQUEST_METRICS);
+      const plane = await TcpRequestPlane.listen({
+        settings: config.tcp,
+        log,
+        unrouted: (payload, message) =>
+          void refuseUnrouted(payload, message.startsWith('Invalid') ? 'invalid_message' : 'generate', message, { xxh, metrics: unrouted(), log, openSink }),
+        framingError: () => unrouted().error('invalid_message'),
+      });
+      tcp = plane;
+      closers.push(() => plane.close());
+      log.info(`TCP request plane listening on ${plane.address}`);
+    }
+    const { namespace, component } = config.endpoint;
+    const kvStream = generation.jetstreamEvents && config.engine.enablePrefixCaching ? kvEventStreamName(namespace, component) : null;
+    if (kvStream) {
+      const { ensureKvEventStream } = await import('./adapters/nats-event-plane.js');
+      await ensureKvEventStream(nats!, kvStream, config.natsStreamMaxAgeS);
+    }
+
+    const shell: Shell = {
+      config,
+      generation,
+      log,
+      xxh,
+      timing: loadTimingModel(config.engine.plannerProfileData ?? undefined, (msg) => log.error(msg)),
+      model: { vocabSize: info.vocabSize, contextLength: info.contextLength, eosTokenIds: info.eosTokenIds },
+      cardJson,
+      discovery,
+      nats,
+      tcp,
+      health,
+      openSink,
+      metricsFor: (workerId, engine, queues) =>
+        metrics?.forWorker(workerId, engine, queues) ?? { request: NO_REQUEST_METRICS, remove() {} },
+      kvStream,
+      onLost: (reason) => {
+        lostReason ??= reason;
+        void stop(`registration lost (${reason})`, true);
+      },
+    };
+
+    if (config.startupTimeS > 0) {
+      log.info(`simulating a ${config.startupTimeS} s engine start`);
+      await delay(config.startupTimeS * 1000);
+    }
+    const workers: StartedWorker[] = [];
+    // Workers stop together, so N of them drain within one grace period.
+    closers.push(async () => void (await Promise.all(workers.map((w) => w.stop()))));
+    for (let i = 0; i < config.numWorkers && lostReason === null; i++) workers.push(await startWorker(shell, i));
+    log.info(
+      `${workers.length} worker(s) serving ${config.modelName} over ${config.requestPlane} with ${config.discovery.backend} discovery ` +
+        `(Dynamo ${config.dynamoVersion}) in ${(performance.now() - startedAt).toFixed(0)} ms`,
+    );
+    return { workers, statusAddress: metrics?.server.address ?? null, stop: (reason) => stop(reason), stopped };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+interface StartedWorker extends RunningWorker {
+  stop(): Promise<void>;
+}
+
+/** One worker: its registration, engine, request path and plane endpoint. */
+async function startWorker(shell: Shell, index: number): Promise<StartedWorker> {
+  const { config, generation } = shell;
+  const ep = config.endpoint;
+  const session: DiscoverySession = await shell.discovery.open(shell.onLost);
+  const id = session.instanceId;
+  const hex = leaseHex(id);
+  const log = shell.log.child({ worker: index, instance_id: hex });
+
+  const engine = new Engine(config.engine, shell.timing, shell.xxh, shell.model);
+  const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
+  const metrics = shell.metricsFor(hex, engine, queues);
+  const events = generation.jetstreamEvents ? await jetstreamEvents(shell, id, engine, queues, log) : null;
+  const loop = new EngineLoop(engine, new RealClock(), events ?? {});
+  loop.start();
+  const server = new RequestServer({
+    loop,
     queues,
-    queuedRequests: (rank) => queues[rank].size,
-    stop(graceMs: number): Promise<void> {
-      stopping ??= (async () => {
-        shared.health.setEndpoint(config.endpoint.endpoint, 'notready', hex);
-        // 1. Stop taking requests: the service drains its subscriptions (messages already delivered
-        //    are still acked and handled), then nothing new reaches this worker.
-        if (service) {
-          const svc: Service = service;
-          await svc.stop().catch(() => {});
+    xxh: shell.xxh,
+    metrics: metrics.request,
+    log,
+    modelEosTokenIds: shell.model.eosTokenIds,
+    openSink: shell.openSink,
+    now: () => performance.now(),
+    observe: metrics.observe,
+  });
+
+  let stopPlane = async (): Promise<void> => {};
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      shell.health.setEndpoint(ep.endpoint, 'notready', hex);
+      // 1. Stop taking requests; 2. let in-flight ones finish, up to the grace period;
+      // 3. deregister (revoking the lease deletes both records at once).
+      await stopPlane();
+      await server.drain(config.gracefulShutdownMs);
+      await loop.stop();
+      await events?.stop();
+      metrics.remove();
+      await session.close();
+      log.info('worker stopped');
+    })());
+
+  try {
+    const transport = await registerWorker({
+      session,
+      generation,
+      endpoint: ep,
+      cardJson: shell.cardJson,
+      listen: async (): Promise<Transport> => {
+        if (shell.tcp) {
+          const tcp = shell.tcp;
+          const path = tcpRoutingKey(ep, id);
+          tcp.route(path, server);
+          stopPlane = async () => tcp.unroute(path);
+          return { tcp: tcp.transport(path) };
         }
-        // 2. Let in-flight requests finish, up to the grace period, then cut them.
-        const drained = Promise.all([...deps.inflight]).then(() => true);
-        const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs).unref());
-        if (!(await Promise.race([drained, timedOut]))) {
-          log.warn(`graceful shutdown timed out after ${graceMs} ms; cancelling ${deps.inflight.size} requests`);
-          shutdown.abort();
-          await Promise.all([...deps.inflight]);
+        const { serveNatsEndpoint } = await import('./adapters/nats-request-plane.js');
+        const endpoint = await serveNatsEndpoint(
+          shell.nats!,
+          {
+            service: serviceName(ep),
+            version: generation.runtimeVersion,
+            description: `Dynamo component ${ep.component} in namespace ${ep.namespace}`,
+            name: `${ep.endpoint}-${hex}`,
+            subject: requestSubject(ep, id),
+          },
+          (payload) => void server.handle(payload),
+          log,
+        );
+        stopPlane = endpoint.stop;
+        return { nats_tcp: generation.natsTransport(ep, id) };
+      },
+    });
+    shell.health.setEndpoint(ep.endpoint, 'ready', hex);
+    log.info({ transport }, 'worker registered and serving');
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { instanceId: id, engine, loop, queues, stop };
+}
+
+/** 0.6.x: KV events on the JetStream stream and LoadEvents on core NATS, per DP rank. */
+async function jetstreamEvents(shell: Shell, id: bigint, engine: Engine, queues: PQueue[], log: Logger) {
+  const { KvEventPublisher, LoadPublisher } = await import('./adapters/nats-event-plane.js');
+  const nats = shell.nats!;
+  const { config } = shell;
+  const kv = shell.kvStream !== null ? new KvEventPublisher(nats, `${shell.kvStream}.queue`, id, log) : null;
+  const load = new LoadPublisher(
+    nats,
+    kvMetricsSubject(config.endpoint.namespace),
+    id,
+    (rank) => {
+      const s = engine.ranks[rank].snapshot();
+      return {
+        dpRank: rank,
+        activeSlots: s.running,
+        totalSlots: config.engine.maxNumSeqs,
+        waiting: s.waiting + queues[rank].size,
+        activeBlocks: s.activeBlocks,
+        totalBlocks: s.totalBlocks,
+        prefixHitRate: s.prefixHitRate,
+      };
+    },
+    engine.ranks.length,
+  );
+  queues.forEach((queue, rank) => {
+    queue.on('add', () => load.changed(rank));
+    queue.on('next', () => load.changed(rank));
+    load.publishNow(rank);
+  });
+  return {
+    onPassStart: (rank: number, result: PassResult) => {
+      if (kv && result.kvEvents.length) kv.publish(result.kvEvents);
+      load.changed(rank);
+    },
+    onPassEnd: (rank: number) => load.changed(rank),
+    stop: async () => {
+      load.stop();
+      await kv?.flush();
+    },
+  };
+}
+
+/** prom-client, the process registry and the status server; loaded only when the server runs. */
+async function startMetrics(config: WorkerConfig, health: HealthState, startedAt: number, histogramMaxLen: number, log: Logger) {
+  const [{ createMetricsRegistry }, { WorkHandlerMetrics }, { EngineMetrics }, { startStatusServer }] = await Promise.all([
+    import('./metrics/runtime-metrics.js'),
+    import('./metrics/work-handler-metrics.js'),
+    import('./metrics/engine-metrics.js'),
+    import('./metrics/status-server.js'),
+  ]);
+  const { registry } = createMetricsRegistry();
+  const files = new Map<string, Uint8Array>();
+  const v1 = config.dynamoVersion === '1.4';
+  const server = await startStatusServer({
+    host: config.system.host,
+    port: config.system.port,
+    healthPath: config.system.healthPath,
+    livePath: config.system.livePath,
+    registry,
+    health: () => health.status(),
+    startedAt,
+    routes: v1
+      ? (path) => {
+          // Dynamo 1.x: /metadata has data only with Kubernetes discovery; card files are self-hosted.
+          if (path === '/metadata') return { status: 404, type: 'text/plain; charset=utf-8', body: 'Discovery metadata not available' };
+          if (!path.startsWith('/v1/metadata/')) return undefined;
+          const bytes = files.get(path);
+          return bytes ? { status: 200, type: 'application/octet-stream', body: bytes } : { status: 404, type: 'text/plain; charset=utf-8', body: 'Not found' };
         }
-        await live.stop();
-        await observers?.stop?.();
-        // 3. Revoking the lease deletes the instance and card keys at once.
-        await lease.revoke();
-        log.info('worker stopped');
-      })();
-      return stopping;
+      : undefined,
+  }).catch((err: NodeJS.ErrnoException) => {
+    throw new ConnectionError(`cannot serve the system status server on ${config.system.host}:${config.system.port} (DYN_SYSTEM_HOST/DYN_SYSTEM_PORT): ${err.code ?? err.message}`);
+  });
+  log.info(`system status server listening on ${server.address.host}:${server.address.port}`);
+  const { namespace, component, endpoint } = config.endpoint;
+  return {
+    server,
+    serveFiles(served: ReadonlyMap<string, Uint8Array>) {
+      for (const [path, bytes] of served) files.set(path, bytes);
+    },
+    forWorker(workerId: string, engine: Engine | null, queues: PQueue[]): WorkerMetrics {
+      const request = WorkHandlerMetrics.forWorker(registry, { namespace, component, endpoint, model: config.modelName, workerId });
+      if (engine === null) return { request, remove() {} };
+      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: config.modelName, workerId }, histogramMaxLen);
+      return { request, observe: (rank, arrivalMs) => em.request(rank, arrivalMs), remove: () => em.remove() };
     },
   };
 }

@@ -1,8 +1,8 @@
-// `dynamo-mocker request`: acts as a Dynamo frontend toward workers and prints streams and timings.
+// `dynamo-mocker request`: acts as a Dynamo frontend (0.6.1 or 1.4) toward workers and prints streams and timings.
 import type { Command } from 'commander';
+import { ConnectionError } from '../adapters/connection-error.js';
 import { ConfigError, defaultEndpoint, parseEndpoint, parseInteger, type RawOptions } from '../config.js';
-import { ConnectionError } from '../dynamo/connections.js';
-import { DynamoClient, type StreamHandle } from './dynamo-client.js';
+import type { DynamoClient, StreamHandle } from './dynamo-client.js';
 
 export interface RequestIo {
   out: (text: string) => void;
@@ -12,6 +12,7 @@ export interface RequestIo {
 
 interface RequestOptions {
   endpoint: ReturnType<typeof parseEndpoint>;
+  discovery: 'etcd' | 'file';
   tokens: number[];
   maxTokens: number;
   count: number;
@@ -33,8 +34,13 @@ function parseOptions(raw: RawOptions, env: Record<string, string | undefined>):
     const length = raw.promptLength === undefined ? 128 : parseInteger('--prompt-length', raw.promptLength, 1, 1 << 24);
     tokens = Array.from({ length }, (_, i) => 100 + (i % 1000));
   }
+  const discovery = String(raw.discoveryBackend ?? env.DYN_DISCOVERY_BACKEND ?? 'etcd').toLowerCase();
+  if (discovery !== 'etcd' && discovery !== 'file') {
+    throw new ConfigError(raw.discoveryBackend !== undefined ? '--discovery-backend' : 'DYN_DISCOVERY_BACKEND', `must be etcd or file, got '${discovery}'`);
+  }
   return {
     endpoint,
+    discovery,
     tokens,
     maxTokens: raw.maxTokens === undefined ? 16 : parseInteger('--max-tokens', raw.maxTokens, 0, 1 << 24),
     count: raw.count === undefined ? 1 : parseInteger('--count', raw.count, 1, 100_000),
@@ -49,7 +55,8 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
   const opts = parseOptions(raw, io.env);
   let client: DynamoClient;
   try {
-    client = await DynamoClient.connect({ env: io.env });
+    const { DynamoClient } = await import('./dynamo-client.js');
+    client = await DynamoClient.connect({ env: io.env, discovery: opts.discovery });
   } catch (err) {
     if (err instanceof ConnectionError) {
       io.err(`dynamo-mocker request: ${err.message}\n`);
@@ -67,7 +74,7 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
     const handles: StreamHandle[] = [];
     for (let i = 0; i < opts.count; i++) {
       const target = instances[i % instances.length];
-      const h = await client.generate(target.subject, { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank });
+      const h = await client.generate(target, { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank });
       if (opts.stopAfter !== null) {
         const stopAfter = opts.stopAfter;
         h.stream.onToken(() => {
@@ -110,8 +117,9 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
 /** Registers `dynamo-mocker request` on the program. */
 export function addRequestCommand(program: Command, makeSub: (name: string) => Command, io: RequestIo, setExit: (code: number) => void): void {
   const cmd = makeSub('request')
-    .description('act as a Dynamo frontend: send requests to registered workers and print the streams and timings')
+    .description('act as a Dynamo frontend: send requests to registered workers (0.6.1 or 1.4) and print the streams and timings')
     .option('--endpoint <dyn://ns.component.endpoint>', 'endpoint to call (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
+    .option('--discovery-backend <backend>', 'where to find workers: etcd or file (default: $DYN_DISCOVERY_BACKEND, else etcd)')
     .option('--prompt-length <n>', 'synthetic prompt length in tokens (default: 128)')
     .option('--tokens <ids>', 'comma-separated prompt token ids (instead of --prompt-length)')
     .option('--max-tokens <n>', 'max_tokens of each request (default: 16)')

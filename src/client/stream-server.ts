@@ -176,7 +176,8 @@ export interface StreamServer {
   close(): Promise<void>;
 }
 
-export async function startStreamServer(xxh: Xxh3Seed0, host = '127.0.0.1'): Promise<StreamServer> {
+/** Listens on `host:port` (DYN_TCP_RESPONSE_STREAM_HOST/PORT on the frontend; port 0 = any free port). */
+export async function startStreamServer(xxh: Xxh3Seed0, host = '127.0.0.1', port = 0): Promise<StreamServer> {
   const pending = new Map<string, PendingStream>();
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
@@ -221,10 +222,10 @@ export async function startStreamServer(xxh: Xxh3Seed0, host = '127.0.0.1'): Pro
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, host, () => resolve()));
-  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.listen(port, host, () => resolve()));
+  const bound = (server.address() as AddressInfo).port;
   return {
-    address: `${host}:${port}`,
+    address: host.includes(':') ? `[${host}]:${bound}` : `${host}:${bound}`,
     register() {
       const s: PendingStream = new PendingStream(xxh, () => pending.delete(s.subject));
       pending.set(s.subject, s);

@@ -109,6 +109,8 @@ export interface RequestControl {
   requestType: RequestType;
   responseType: ResponseType;
   connectionInfo: ConnectionInfo;
+  /** 1.4+ `payload_codec` ("json" or "msgpack"); absent from older frontends, meaning JSON. */
+  payloadCodec?: string;
 }
 
 const RCM = 'RequestControlMessage';
@@ -161,7 +163,13 @@ export function parseRequestControl(headerJson: string | Uint8Array): RequestCon
       'connection_info.info.context',
     );
   }
-  return { id, requestType, responseType, connectionInfo: { address, subject, context, streamType } };
+  const codec = child(root, 'payload_codec');
+  if (codec !== undefined && codec !== null && typeof codec !== 'string') {
+    throw new WireError(`${RCM}: payload_codec must be a string, got ${describe(codec)}`, 'payload_codec');
+  }
+  const out: RequestControl = { id, requestType, responseType, connectionInfo: { address, subject, context, streamType } };
+  if (typeof codec === 'string') out.payloadCodec = codec;
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +246,13 @@ export function parsePreprocessedRequest(bodyJson: string | Uint8Array): Preproc
     annotations = annRaw as string[];
   }
 
-  const dpRank = optionalU32(root, 'dp_rank', 'dp_rank', PPR);
+  // 0.9+ frontends put the rank in `routing` (RoutingHints); 0.6–0.8 at the top level.
+  const routingRaw = child(root, 'routing');
+  let dpRank = optionalU32(root, 'dp_rank', 'dp_rank', PPR);
+  if (routingRaw !== undefined && routingRaw !== null) {
+    const routing = expectObject(routingRaw, 'routing', PPR);
+    dpRank = optionalU32(routing, 'dp_rank', 'routing.dp_rank', PPR) ?? dpRank;
+  }
 
   const biRaw = child(root, 'backend_instance_id');
   let backendInstanceId: bigint | number | null = null;

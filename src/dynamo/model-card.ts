@@ -1,4 +1,4 @@
-// The ModelDeploymentCard and Instance records, serialized field for field as Dynamo 0.6.x writes them.
+// The ModelDeploymentCard, serialized field for field as Dynamo 0.6.x and 1.4 write it, and 0.6.0's object-store upload.
 import { basename } from 'node:path';
 import type { NatsConnection } from 'nats';
 import type { EndpointId } from '../config.js';
@@ -10,6 +10,8 @@ import { slugify } from './names.js';
 export interface CardFile {
   path: string;
   checksum: string;
+  /** Bytes (1.x cards only: the frontend's download cap). */
+  size?: number;
 }
 
 export interface ModelCardInput {
@@ -56,12 +58,78 @@ export function buildModelCard(input: ModelCardInput): string {
   return stringifyJson(card);
 }
 
-/** The Instance record under v1/instances: pretty JSON, exact u64 instance id. */
-export function instanceRecord(ep: EndpointId, leaseId: bigint, subject: string): string {
-  return stringifyJson(
-    { component: ep.component, endpoint: ep.endpoint, namespace: ep.namespace, instance_id: leaseId, transport: { nats_tcp: subject } },
-    { pretty: true },
-  );
+export interface ModelCard1xInput {
+  displayName: string;
+  /** The HF repo id or the model directory the files came from (the frontend's fallback source). */
+  sourcePath: string;
+  files: ReadonlyMap<CardFileKind, CardFile>;
+  /** The model's own limit (max_position_embeddings); null when unknown. */
+  architecturalContextLength: number | null;
+  /** The limit the engine enforces (--max-model-len, else the model's); null when unknown. */
+  runtimeContextLength: number | null;
+  blockSize: number;
+  migrationLimit?: number;
+  runtime: { totalKvBlocks: number; maxNumSeqs: number; maxNumBatchedTokens: number | null; dataParallelSize: number };
+  /** Whether the router may query this worker's KV indexer (it serves no recovery endpoint yet). */
+  enableLocalIndexer: boolean;
+}
+
+/**
+ * The card as Dynamo 1.4 writes it (`model_card.rs` `for_mdc_wire`), in declaration order:
+ * `architectural_max_context_length` before the legacy `context_length` that 1.4 writes again for
+ * 1.2 frontends, `worker_type` and `needs` for the readiness gate, a struct-form chat template,
+ * CheckedFiles with their size, and the runtime config with Dynamo's defaults spelled out.
+ */
+export function buildModelCard1x(input: ModelCard1xInput): string {
+  const file = (kind: CardFileKind) => {
+    const f = input.files.get(kind);
+    if (!f) return undefined;
+    return f.size === undefined ? { path: f.path, checksum: f.checksum } : { path: f.path, checksum: f.checksum, size: f.size };
+  };
+  const wrap = (tag: string, kind: CardFileKind) => {
+    const f = file(kind);
+    return f ? { [tag]: f } : undefined;
+  };
+  const template = file('chatTemplate');
+  const effectiveContext = input.runtimeContextLength ?? input.architecturalContextLength ?? undefined;
+  const card: Record<string, unknown> = {
+    display_name: input.displayName,
+    slug: slugify(input.displayName),
+    source_path: input.sourcePath,
+    model_info: wrap('hf_config_json', 'config') ?? null,
+    tokenizer: wrap('hf_tokenizer_json', 'tokenizer') ?? null,
+    prompt_formatter: wrap('hf_tokenizer_config_json', 'tokenizerConfig'),
+    chat_template_file: template ? { hf_chat_template: { is_custom: false, file: template } } : undefined,
+    gen_config: wrap('hf_generation_config_json', 'generationConfig'),
+    architectural_max_context_length: input.architecturalContextLength ?? undefined,
+    context_length: effectiveContext,
+    kv_cache_block_size: input.blockSize,
+    migration_limit: input.migrationLimit ?? 0,
+    model_type: 'Chat | Completions',
+    model_input: 'Tokens',
+    worker_type: 'aggregated',
+    needs: [],
+    runtime_config: {
+      context_length: input.runtimeContextLength ?? undefined,
+      total_kv_blocks: input.runtime.totalKvBlocks,
+      max_num_seqs: input.runtime.maxNumSeqs,
+      max_num_batched_tokens: input.runtime.maxNumBatchedTokens,
+      tool_call_parser: null,
+      reasoning_parser: null,
+      tool_call_arguments_format: 'json_string',
+      structural_tag_mode: 'off',
+      structural_tag_scope: 'auto',
+      structural_tag_schema: 'auto',
+      exclude_tools_when_tool_choice_none: true,
+      data_parallel_start_rank: 0,
+      data_parallel_size: input.runtime.dataParallelSize,
+      enable_local_indexer: input.enableLocalIndexer,
+      enable_eagle: false,
+    },
+    media_decoder: null,
+    media_fetcher: null,
+  };
+  return stringifyJson(card);
 }
 
 /**

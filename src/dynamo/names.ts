@@ -50,3 +50,35 @@ export function kvEventStreamName(namespace: string, component: string): string 
 export function kvMetricsSubject(namespace: string): string {
   return `namespace.${namespace}.kv_metrics`;
 }
+
+/** 1.x NATS transport string in the Endpoint record: raw (not slugified) names, used verbatim by the frontend. */
+export function natsTransportSubject(ep: EndpointId, instanceId: bigint): string {
+  return `${ep.namespace}_${ep.component}.${ep.endpoint}-${leaseHex(instanceId)}`;
+}
+
+/** 1.x TCP routing key (0.9+): `{instance id hex}/{endpoint}`, sent back verbatim as the frame's path. */
+export function tcpRoutingKey(ep: EndpointId, instanceId: bigint): string {
+  return `${leaseHex(instanceId)}/${ep.endpoint}`;
+}
+
+const utf8 = new TextEncoder();
+
+/**
+ * The file name of a key in the file discovery backend: Rust's `percent_encode(NON_ALPHANUMERIC)`,
+ * every byte outside [A-Za-z0-9] as %XX with uppercase hex ('/', '-', '_' and '.' included).
+ */
+export function fileStoreName(key: string): string {
+  let out = '';
+  for (const b of utf8.encode(key)) {
+    const alnum = (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a);
+    out += alnum ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+/** Splits a discovery key into the file backend's bucket directory (`v1/instances`) and the key inside it. */
+export function splitBucketKey(key: string): { bucket: string; key: string } {
+  const parts = key.split('/');
+  if (parts.length < 3) throw new RangeError(`discovery key '${key}' has no bucket`);
+  return { bucket: parts.slice(0, 2).join('/'), key: parts.slice(2).join('/') };
+}

@@ -1,27 +1,48 @@
-// Registration in Dynamo 0.6.x order: model card, then the NATS endpoint, then the instance key.
-import type { Etcd3 } from 'etcd3';
+// Registration in Dynamo's order: the Model record, then the request plane, then the Endpoint record.
 import type { EndpointId } from '../config.js';
-import { instanceRecord } from './model-card.js';
-import { createIfAbsent, type WorkerLease } from './lease.js';
+import type { Transport } from './discovery-records.js';
+import type { Generation } from './generation.js';
 import { cardKey, instanceKey } from './names.js';
 
-export interface RegistrationArgs {
-  etcd: Etcd3;
-  lease: WorkerLease;
-  endpoint: EndpointId;
-  cardJson: string;
-  subject: string;
-  /** Subscribes to the request subject; runs before the instance key appears. */
-  beforeInstance: () => Promise<void>;
+/** One worker's registration in a discovery backend: its instance id and the records written under it. */
+export interface DiscoverySession {
+  readonly instanceId: bigint;
+  /** Writes `value` under `key` unless the key exists (Dynamo's create semantics). */
+  create(key: string, value: string): Promise<'created' | 'exists'>;
+  /** Removes every record of this session (lease revoke, file delete). Never rejects. */
+  close(): Promise<void>;
 }
 
-export async function registerWorker(args: RegistrationArgs): Promise<void> {
-  const { etcd, lease, endpoint } = args;
-  // An existing card for this lease is accepted as is (Dynamo's EtcdBucket::create).
-  await createIfAbsent(etcd, cardKey(endpoint, lease.id), args.cardJson, lease);
-  await args.beforeInstance();
-  const key = instanceKey(endpoint, lease.id);
-  if ((await createIfAbsent(etcd, key, instanceRecord(endpoint, lease.id, args.subject), lease)) === 'exists') {
+/** A discovery backend (etcd, file). */
+export interface Discovery {
+  /** Opens a session; `onLost` runs once if its records can no longer be kept (etcd lease loss). */
+  open(onLost: (reason: string) => void): Promise<DiscoverySession>;
+  /** Releases the backend's client. */
+  stop(): Promise<void>;
+}
+
+export interface Registration {
+  session: DiscoverySession;
+  generation: Generation;
+  endpoint: EndpointId;
+  cardJson: string;
+  /** Starts taking requests; returns how the frontend reaches them. Runs between the two records. */
+  listen: () => Promise<Transport>;
+}
+
+/**
+ * An existing Model record is kept as it is (Dynamo's create semantics); an existing Endpoint record
+ * means another worker holds this instance id, which is an error. The Endpoint record appears only
+ * once requests can be taken, since a frontend may connect the moment it sees it.
+ */
+export async function registerWorker(r: Registration): Promise<Transport> {
+  const { session, generation, endpoint: ep } = r;
+  const id = session.instanceId;
+  await session.create(cardKey(ep, id), generation.modelRecord(ep, id, r.cardJson));
+  const transport = await r.listen();
+  const key = instanceKey(ep, id);
+  if ((await session.create(key, generation.endpointRecord(ep, id, transport))) === 'exists') {
     throw new Error(`instance key ${key} already exists`);
   }
+  return transport;
 }

@@ -1,6 +1,7 @@
 // Engine metrics: kvstats gauges (Dynamo names) and vLLM-named engine series, read at scrape time.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Engine } from '../core/engine.js';
+import type { RequestObserver } from './request-metrics.js';
 import { sanitizePrometheusLabel } from './work-handler-metrics.js';
 
 /** vLLM's bucket lists (vllm/v1/metrics/loggers.py). */
@@ -29,11 +30,6 @@ export interface EngineSource {
   workerId: string;
 }
 
-/** Per-request timing hooks for the vLLM histograms. */
-export interface RequestObserver {
-  token(atMs: number): void;
-  finish(atMs: number, promptTokens: number, outputTokens: number): void;
-}
 
 interface Family {
   sources: EngineSource[];

@@ -14,7 +14,9 @@
 // ready only when all N instances serving it are, so one worker still starting or already stopping
 // makes the process notready.
 
-export type EndpointStatus = 'ready' | 'notready';
+import type { EndpointStatus } from '../config.js';
+
+export type { EndpointStatus };
 
 export interface HealthReport {
   ready: boolean;

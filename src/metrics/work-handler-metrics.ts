@@ -6,22 +6,12 @@
 // writes its own children (`worker_id` tells them apart, as in Dynamo's newest runtime).
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { RequestMetrics, RequestTracker, WorkErrorType } from '../dynamo/request-handler.js';
+import { WORK_ERROR_TYPES, type RequestMetrics, type RequestTracker, type WorkErrorType } from './request-metrics.js';
 
 /** Dynamo's extended request-duration buckets (PH-02e3: long generations need more than 10 s). */
 export const REQUEST_DURATION_BUCKETS: readonly number[] = Object.freeze([
   0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
 ]);
-
-/** Every `error_type` value of dynamo_component_errors_total. */
-export const WORK_ERROR_TYPES: readonly WorkErrorType[] = Object.freeze([
-  'deserialization',
-  'invalid_message',
-  'response_stream',
-  'generate',
-  'publish_response',
-  'publish_final',
-] as const);
 
 /** Dynamo's help strings (prometheus_names.rs / push_handler.rs). */
 export const WORK_HANDLER_HELP = {

@@ -147,7 +147,7 @@ describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard h
     expect(stopped.tokenIds.length).toBeLessThan(900);
 
     // 4. An error series: a payload that is not a two-part frame (error_type="invalid_message").
-    expect(await client.sendRaw(inst.subject, new TextEncoder().encode('not a two-part frame'))).toBe(0);
+    expect((await client.sendRaw(inst.subject, new TextEncoder().encode('not a two-part frame'))).length).toBe(0);
 
     // The worker itself saw all of it.
     expect(await worker.metric('dynamo_component_cancellation_total')).toBe(1);

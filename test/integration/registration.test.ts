@@ -6,11 +6,14 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import type { NatsConnection } from 'nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConnectionError, connectEtcd, connectNats } from '../../src/dynamo/connections.js';
-import { createIfAbsent, WorkerLease } from '../../src/dynamo/lease.js';
-import { buildModelCard, instanceRecord, uploadCardFilesToObjectStore } from '../../src/dynamo/model-card.js';
+import { ConnectionError, connectEtcd, connectNats } from '../../src/adapters/connections.js';
+import { createIfAbsent, WorkerLease } from '../../src/adapters/etcd-lease.js';
+import { EtcdDiscovery } from '../../src/adapters/etcd-discovery.js';
+import { instanceRecord } from '../../src/dynamo/discovery-records.js';
+import { generationOf } from '../../src/dynamo/generation.js';
+import { buildModelCard, uploadCardFilesToObjectStore } from '../../src/dynamo/model-card.js';
 import { cardKey, instanceKey, requestSubject } from '../../src/dynamo/names.js';
-import { registerWorker } from '../../src/dynamo/registration.js';
+import { registerWorker, type DiscoverySession } from '../../src/dynamo/registration.js';
 import { createBlake3Hex } from '../../src/hashing/xxh3.js';
 import { checkedFiles } from '../../src/model/card-files.js';
 import type { CardFileKind } from '../../src/model/resolve-model.js';
@@ -163,43 +166,46 @@ describe.skipIf(!enabled)('lease and registration', () => {
     return res.kvs[0];
   }
 
+  const GEN061 = generationOf('0.6.1', 'cuda');
+  const session = (): Promise<DiscoverySession> => new EtcdDiscovery(client).open((reason) => lost.push(reason));
+
   it('registers the card, subscribes, then writes the instance key, all on one lease with the exact id', async () => {
-    const lease = await grant();
+    const s = await session();
     const ep = { namespace: 'reg1', component: 'backend', endpoint: 'generate' };
-    const subject = requestSubject(ep, lease.id);
+    const subject = requestSubject(ep, s.instanceId);
     const cardJson = buildModelCard({ displayName: 'Qwen/Qwen3-0.6B', files: new Map(), contextLength: 0, blockSize: 64, runtime: RUNTIME });
     const seen: string[] = [];
     await registerWorker({
-      etcd: client,
-      lease,
+      session: s,
+      generation: GEN061,
       endpoint: ep,
       cardJson,
-      subject,
-      beforeInstance: async () => {
+      listen: async () => {
         // §1.8: the card is there before the endpoint listens, the instance key is not.
-        seen.push(`card:${(await raw(cardKey(ep, lease.id))) !== undefined}`, `instance:${(await raw(instanceKey(ep, lease.id))) !== undefined}`);
+        seen.push(`card:${(await raw(cardKey(ep, s.instanceId))) !== undefined}`, `instance:${(await raw(instanceKey(ep, s.instanceId))) !== undefined}`);
+        return { nats_tcp: subject };
       },
     });
     expect(seen).toEqual(['card:true', 'instance:false']);
 
-    const card = await raw(cardKey(ep, lease.id));
-    const inst = await raw(instanceKey(ep, lease.id));
+    const card = await raw(cardKey(ep, s.instanceId));
+    const inst = await raw(instanceKey(ep, s.instanceId));
     expect(card.value.toString()).toBe(cardJson);
-    expect(inst.value.toString()).toBe(instanceRecord(ep, lease.id, subject));
+    expect(inst.value.toString()).toBe(instanceRecord(ep, s.instanceId, subject));
     // etcd's own lease field (decimal int64 text) equals our BigInt digit for digit; no double rounding.
     for (const kv of [card, inst]) {
-      expect(kv.lease).toBe(lease.id.toString());
-      expect(BigInt(kv.lease)).toBe(lease.id);
+      expect(kv.lease).toBe(s.instanceId.toString());
+      expect(BigInt(kv.lease)).toBe(s.instanceId);
     }
-    expect(inst.value.toString()).toContain(`"instance_id": ${lease.id},`);
+    expect(inst.value.toString()).toContain(`"instance_id": ${s.instanceId},`);
     // The instance id also matches the lease list etcd keeps.
     const leases = await observer.leaseClient.leaseLeases();
-    expect(leases.leases.map((l) => BigInt(l.ID))).toContain(lease.id);
+    expect(leases.leases.map((l) => BigInt(l.ID))).toContain(s.instanceId);
 
-    await lease.revoke();
-    expect(await raw(cardKey(ep, lease.id))).toBeUndefined();
-    expect(await raw(instanceKey(ep, lease.id))).toBeUndefined();
-    await lease.revoke(); // idempotent
+    await s.close();
+    expect(await raw(cardKey(ep, s.instanceId))).toBeUndefined();
+    expect(await raw(instanceKey(ep, s.instanceId))).toBeUndefined();
+    await s.close(); // idempotent
     expect(lost).toEqual([]);
   });
 
@@ -225,25 +231,25 @@ describe.skipIf(!enabled)('lease and registration', () => {
   });
 
   it('accepts an existing card silently but refuses an existing instance key', async () => {
-    const lease = await grant();
+    const s = await session();
     const ep = { namespace: 'reg2', component: 'backend', endpoint: 'generate' };
-    await createIfAbsent(client, cardKey(ep, lease.id), 'earlier card', lease);
+    await s.create(cardKey(ep, s.instanceId), 'earlier card');
     let subscribed = 0;
     const args = {
-      etcd: client,
-      lease,
+      session: s,
+      generation: GEN061,
       endpoint: ep,
       cardJson: 'new card',
-      subject: requestSubject(ep, lease.id),
-      beforeInstance: async () => {
+      listen: async () => {
         subscribed++;
+        return { nats_tcp: requestSubject(ep, s.instanceId) };
       },
     };
     await registerWorker(args);
-    expect((await raw(cardKey(ep, lease.id))).value.toString()).toBe('earlier card');
-    await expect(registerWorker(args)).rejects.toThrow(`instance key ${instanceKey(ep, lease.id)} already exists`);
+    expect((await raw(cardKey(ep, s.instanceId))).value.toString()).toBe('earlier card');
+    await expect(registerWorker(args)).rejects.toThrow(`instance key ${instanceKey(ep, s.instanceId)} already exists`);
     expect(subscribed).toBe(2);
-    await lease.revoke();
+    await s.close();
   });
 
   it('keeps a 2 s lease and its keys alive well past the TTL', async () => {

@@ -176,7 +176,7 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
     const { w, client, inst } = await worker('bad', ['--data-parallel-size', '2']);
     const xxh = client.xxh;
     // 1. Not a two-part frame at all: acked, counted, nothing else possible.
-    expect(await client.sendRaw(inst.subject, new TextEncoder().encode('garbage'))).toBe(0);
+    expect((await client.sendRaw(inst.subject, new TextEncoder().encode('garbage'))).length).toBe(0);
     await waitFor(async () => (await w.metric('dynamo_component_errors_total{dynamo_namespace="bad",dynamo_component="backend",dynamo_endpoint="generate",model')) !== null, { timeoutMs: 3000 });
     // 2. Control header that is not JSON.
     await client.sendRaw(inst.subject, encodeTwoPartText('{not json', '{}', xxh));
@@ -356,7 +356,7 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
 
   it('keeps its lease alive past the TTL and cuts in-flight requests after the graceful-shutdown timeout', async () => {
     // The lease mechanism itself, with a 2 s TTL: keys survive several keep-alives.
-    const { WorkerLease, createIfAbsent } = await import('../../src/dynamo/lease.js');
+    const { WorkerLease, createIfAbsent } = await import('../../src/adapters/etcd-lease.js');
     let lost = false;
     const lease = await WorkerLease.grant(etcdClient, 2, () => (lost = true));
     expect(await createIfAbsent(etcdClient, 'v1/test/keepalive', 'x', lease)).toBe('created');

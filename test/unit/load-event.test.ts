@@ -1,6 +1,6 @@
 // LoadEvent bytes as Dynamo's serde_json writes them: field order, exact u64 id, f32 ratios.
 import { describe, expect, it } from 'vitest';
-import { f32Json, loadEventJson } from '../../src/dynamo/load-publisher.js';
+import { f32Json, loadEventJson } from '../../src/dynamo/event-messages.js';
 
 describe('f32Json', () => {
   it.each([

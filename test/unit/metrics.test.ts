@@ -1,9 +1,9 @@
 // Work-handler metrics, label sanitizing and the uptime gauge, checked on the exposition text.
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
+import { WORK_ERROR_TYPES } from '../../src/metrics/request-metrics.js';
 import {
   REQUEST_DURATION_BUCKETS,
-  WORK_ERROR_TYPES,
   WORK_HANDLER_HELP,
   WorkHandlerMetrics,
   sanitizePrometheusLabel,

@@ -1,7 +1,8 @@
 // ModelDeploymentCard and Instance record bytes as Dynamo 0.6.x serde_json writes them (§1.3, §1.4).
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildModelCard, instanceRecord, objectStoreAuthority, type CardFile } from '../../src/dynamo/model-card.js';
+import { instanceRecord } from '../../src/dynamo/discovery-records.js';
+import { buildModelCard, objectStoreAuthority, type CardFile } from '../../src/dynamo/model-card.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { requestSubject } from '../../src/dynamo/names.js';
 import { createBlake3Hex } from '../../src/hashing/xxh3.js';

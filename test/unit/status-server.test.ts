@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/config.js';
 import { HealthState } from '../../src/metrics/health.js';
 import { createMetricsRegistry } from '../../src/metrics/runtime-metrics.js';
-import { durationJson, healthBody, startStatusServer, statusServerSettings, type StatusServer } from '../../src/metrics/status-server.js';
+import { systemServerSettings as statusServerSettings } from '../../src/config.js';
+import { durationJson, healthBody, startStatusServer, type StatusServer } from '../../src/metrics/status-server.js';
 import { WorkHandlerMetrics } from '../../src/metrics/work-handler-metrics.js';
 
 interface Reply {

@@ -1,6 +1,6 @@
 // The worker's etcd lease (TTL 10 s, kept alive): its id is the Dynamo instance id; keys live on it.
 import { EtcdLeaseInvalidError, type Etcd3, type Lease } from 'etcd3';
-import { leaseHex } from './names.js';
+import { leaseHex } from '../dynamo/names.js';
 
 /** How long revoke() may take before giving up (the keys then expire with the TTL). */
 const REVOKE_TIMEOUT_MS = 3000;

@@ -9,7 +9,7 @@ export interface TokenSink {
   emit(token: number | null, atMs: number, finished: boolean): void;
 }
 
-export interface LiveEngineHooks {
+export interface EngineLoopHooks {
   /** Called when a pass starts, with its result (KV events are visible from pass start, as in Dynamo). */
   onPassStart?(rank: number, result: PassResult): void;
   /** Called after a pass's tokens were delivered. */
@@ -21,7 +21,7 @@ const CATCH_UP_MS = 5;
 
 const yieldToIo = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-export class LiveEngine {
+export class EngineLoop {
   private readonly sinks = new Map<Sequence, TokenSink>();
   private readonly wakers: Array<(() => void) | null>;
   private readonly stalled: boolean[];
@@ -32,7 +32,7 @@ export class LiveEngine {
   constructor(
     readonly engine: Engine,
     private readonly clock: Clock,
-    private readonly hooks: LiveEngineHooks = {},
+    private readonly hooks: EngineLoopHooks = {},
   ) {
     this.wakers = engine.ranks.map(() => null);
     this.stalled = engine.ranks.map(() => false);

@@ -3,11 +3,9 @@
 import { Etcd3, type IOptions } from 'etcd3';
 import { connect, credsAuthenticator, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
 import { readFileSync } from 'node:fs';
+import { ConnectionError } from './connection-error.js';
 
-/** A one-line, user-facing failure to reach a dependency (the CLI exits with code 1). */
-export class ConnectionError extends Error {
-  override name = 'ConnectionError';
-}
+export { ConnectionError };
 
 type Env = Record<string, string | undefined>;
 

@@ -1,7 +1,8 @@
-// The worker's side of Dynamo's TCP "call home" response stream: handshake, prologue, items, sentinel.
+// The response plane: the worker's side of Dynamo's TCP "call home" stream (handshake, prologue, items, sentinel).
 import { Socket } from 'node:net';
-import { TwoPartStreamDecoder, encodeTwoPartText, type Xxh3Seed0 } from './two-part-codec.js';
-import { SENTINEL_HEADER, completeFinalBody, handshakeHeader, parseControlMessage, prologueHeader, type ConnectionInfo } from './messages.js';
+import { TwoPartStreamDecoder, encodeTwoPartText, type Xxh3Seed0 } from '../dynamo/two-part-codec.js';
+import { SENTINEL_HEADER, completeFinalBody, handshakeHeader, parseControlMessage, prologueHeader, type ConnectionInfo } from '../dynamo/messages.js';
+import type { OpenSink, ResponseSink, StopMessage } from '../serving/response-sink.js';
 
 /** After the sentinel, the frontend closes first; a worker waits this long for it at most. */
 const LINGER_MS = 10_000;
@@ -19,9 +20,19 @@ function splitAddress(address: string): { host: string; port: number } {
   return { host, port };
 }
 
-export class ResponseStream {
+export interface CallHomeOptions {
+  /**
+   * Whether the stream still ends with the sentinel after the frontend's stop or kill. Dynamo 0.6.x
+   * sends it; from 0.8 the worker just closes (frontends of every version accept both).
+   */
+  sentinelAfterStop: boolean;
+  /** How long to wait for the frontend's stream server to accept the connection. */
+  connectTimeoutMs?: number;
+}
+
+export class CallHomeStream implements ResponseSink {
   private readonly decoder: TwoPartStreamDecoder;
-  private controlListener: ((msg: 'stop' | 'kill') => void) | null = null;
+  private controlListener: ((msg: StopMessage) => void) | null = null;
   private closeListener: (() => void) | null = null;
   private finished = false;
   private peerGone = false;
@@ -29,6 +40,7 @@ export class ResponseStream {
   private constructor(
     private readonly socket: Socket,
     private readonly xxh: Xxh3Seed0,
+    private readonly sentinelAfterStop: boolean,
   ) {
     this.decoder = new TwoPartStreamDecoder({ xxh });
     socket.on('data', (chunk: Buffer) => {
@@ -55,7 +67,8 @@ export class ResponseStream {
   }
 
   /** Connects to the frontend's stream server and sends the handshake. */
-  static open(info: ConnectionInfo, xxh: Xxh3Seed0, timeoutMs = 10_000): Promise<ResponseStream> {
+  static open(info: ConnectionInfo, xxh: Xxh3Seed0, opts: CallHomeOptions): Promise<CallHomeStream> {
+    const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
       let target: { host: string; port: number };
       try {
@@ -77,7 +90,7 @@ export class ResponseStream {
         clearTimeout(timer);
         socket.removeAllListeners('error');
         socket.setNoDelay(true);
-        const stream = new ResponseStream(socket, xxh);
+        const stream = new CallHomeStream(socket, xxh, opts.sentinelAfterStop);
         stream.write(handshakeHeader(info.subject), '');
         resolve(stream);
       });
@@ -89,7 +102,7 @@ export class ResponseStream {
     return this.peerGone;
   }
 
-  onControl(listener: (msg: 'stop' | 'kill') => void): void {
+  onControl(listener: (msg: StopMessage) => void): void {
     this.controlListener = listener;
   }
 
@@ -116,10 +129,18 @@ export class ResponseStream {
     return body.length;
   }
 
-  /** Ends without complete_final (after stop/kill or an error prologue). */
+  /** Ends without complete_final (after an error prologue, an engine error or a shutdown cut). */
   end(): void {
+    this.close(true);
+  }
+
+  endStopped(): void {
+    this.close(this.sentinelAfterStop);
+  }
+
+  private close(sentinel: boolean): void {
     if (this.finished) return;
-    this.write(SENTINEL_HEADER, '');
+    if (sentinel) this.write(SENTINEL_HEADER, '');
     this.finished = true;
     if (this.peerGone) {
       this.socket.destroy();
@@ -129,14 +150,13 @@ export class ResponseStream {
     setTimeout(() => this.socket.destroy(), LINGER_MS).unref();
   }
 
-  /** Drops the connection at once (shutdown). */
-  abort(): void {
-    this.finished = true;
-    this.socket.destroy();
-  }
-
   private write(header: string, body: string): void {
     if (this.peerGone || this.socket.destroyed) return;
     this.socket.write(encodeTwoPartText(header, body, this.xxh));
   }
+}
+
+/** The OpenSink of a generation: call-home streams with its sentinel rule. */
+export function callHome(xxh: Xxh3Seed0, opts: CallHomeOptions): OpenSink {
+  return (info) => CallHomeStream.open(info, xxh, opts);
 }

@@ -1,0 +1,15 @@
+// What a command may touch of the process: its output streams and environment (tests pass their own).
+
+export interface CliIo {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: Record<string, string | undefined>;
+  isTty: boolean;
+}
+
+export const processIo = (): CliIo => ({
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  env: process.env,
+  isTty: Boolean(process.stderr.isTTY),
+});
