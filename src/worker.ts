@@ -27,7 +27,8 @@ import { checkedFiles } from './model/card-files.js';
 import { cardLocations } from './model/card-locations.js';
 import { DEFAULT_VOCAB_SIZE, readModelInfo } from './model/model-info.js';
 import { resolveModelFiles, type CardFileKind } from './model/resolve-model.js';
-import { loadTimingModel } from './npz/profile-loader.js';
+import { createPolynomialTimingModel } from './core/timing/polynomial.js';
+import type { TimingModel } from './core/timing/timing-model.js';
 import { RequestServer, refuseUnrouted } from './serving/request-server.js';
 import type { OpenSink } from './serving/response-sink.js';
 
@@ -74,7 +75,7 @@ interface Shell {
   generation: Generation;
   log: Logger;
   xxh: Xxh3Hasher;
-  timing: ReturnType<typeof loadTimingModel>;
+  timing: TimingModel;
   model: ModelLimits & { eosTokenIds: number[] };
   cardJson: string;
   discovery: Discovery;
@@ -116,31 +117,47 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     })());
 
   try {
-    // 1. Connections first: an unreachable server fails in seconds, before any slow model download.
+    // 1. Connections and the model at once: the handshakes overlap with reading and hashing the
+    //    model's files, and an unreachable server still fails within seconds (the first failure ends
+    //    the start, without waiting for a model download).
     const needsNats = config.requestPlane === 'nats' || generation.jetstreamEvents;
     const needsEtcd = config.discovery.backend === 'etcd';
-    const connections = needsNats || needsEtcd ? await import('./adapters/connections.js') : null;
-    const [nats, etcd] = await Promise.all([
-      needsNats ? connections!.connectNats(config.env) : null,
-      needsEtcd ? connections!.connectEtcd(config.env) : null,
-    ]);
-    if (nats) closers.push(() => nats.drain().catch(() => {}));
-    let discovery: Discovery;
-    if (etcd) {
-      const { EtcdDiscovery } = await import('./adapters/etcd-discovery.js');
-      discovery = new EtcdDiscovery(etcd);
-    } else {
-      const { FileDiscovery } = await import('./adapters/file-discovery.js');
-      discovery = new FileDiscovery(config.discovery.fileRoot, log);
-    }
-    closers.push(() => discovery.stop());
-
-    // 2. The model: its files, limits and the card every worker publishes.
-    const [files, xxh, blake3Hex] = await Promise.all([
+    const connecting = (async () => {
+      const [nats, etcd] = await Promise.all([
+        needsNats ? import('./adapters/nats-connection.js').then((m) => m.connectNats(config.env)) : null,
+        needsEtcd ? import('./adapters/etcd-connection.js').then((m) => m.connectEtcd(config.env)) : null,
+      ]);
+      if (nats) closers.push(() => nats.drain().catch(() => {}));
+      let discovery: Discovery;
+      if (etcd) {
+        const { EtcdDiscovery } = await import('./adapters/etcd-discovery.js');
+        discovery = new EtcdDiscovery(etcd);
+      } else {
+        const { FileDiscovery } = await import('./adapters/file-discovery.js');
+        discovery = new FileDiscovery(config.discovery.fileRoot, log);
+      }
+      closers.push(() => discovery.stop());
+      return { nats, discovery };
+    })();
+    const loadingModel = Promise.all([
       resolveModelFiles(config.modelPath, { env: config.env, log: (level, msg) => log[level](msg) }),
       createXxh3(),
       createBlake3Hex(),
     ]);
+    let connected: Awaited<typeof connecting>;
+    let files: Awaited<typeof loadingModel>[0];
+    let xxh: Xxh3Hasher;
+    let blake3Hex: Awaited<typeof loadingModel>[2];
+    try {
+      [connected, [files, xxh, blake3Hex]] = await Promise.all([connecting, loadingModel]);
+    } catch (err) {
+      // Whatever did connect is closed below, once it has.
+      await connecting.catch(() => {});
+      throw err;
+    }
+    const { nats, discovery } = connected;
+
+    // 2. The model's limits and the card every worker publishes.
     const info =
       files.source === 'none'
         ? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null }
@@ -209,12 +226,16 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       await ensureKvEventStream(nats!, kvStream, config.natsStreamMaxAgeS);
     }
 
+    // The NPZ reader (and its zip library) loads only when a profile is given.
+    const timing = config.engine.plannerProfileData
+      ? (await import('./npz/profile-loader.js')).loadTimingModel(config.engine.plannerProfileData, (msg) => log.error(msg))
+      : createPolynomialTimingModel();
     const shell: Shell = {
       config,
       generation,
       log,
       xxh,
-      timing: loadTimingModel(config.engine.plannerProfileData ?? undefined, (msg) => log.error(msg)),
+      timing,
       model: { vocabSize: info.vocabSize, contextLength: info.contextLength, eosTokenIds: info.eosTokenIds },
       cardJson,
       discovery,

@@ -180,9 +180,8 @@ export class DynamoClient {
   static async connect(opts: ClientOptions = {}): Promise<DynamoClient> {
     const env = opts.env ?? {};
     const discovery = opts.discovery ?? (env.DYN_DISCOVERY_BACKEND === 'file' ? 'file' : 'etcd');
-    const connections = (!opts.etcd && discovery === 'etcd') || (!opts.nats && env.NATS_SERVER) ? await import('../adapters/connections.js') : null;
-    const etcd = opts.etcd ?? (discovery === 'etcd' ? await connections!.connectEtcd(env) : null);
-    const nats = opts.nats ?? (env.NATS_SERVER ? await connections!.connectNats(env) : null);
+    const etcd = opts.etcd ?? (discovery === 'etcd' ? await (await import('../adapters/etcd-connection.js')).connectEtcd(env) : null);
+    const nats = opts.nats ?? (env.NATS_SERVER ? await (await import('../adapters/nats-connection.js')).connectNats(env) : null);
     const root = opts.fileRoot ?? (env.DYN_FILE_KV || `${(env.TMPDIR || '/tmp').replace(/\/+$/, '')}/dynamo_store_kv`);
     const reader = etcd ? etcdReader(etcd) : fileReader(root);
     const xxh = await createXxh3();
@@ -208,7 +207,7 @@ export class DynamoClient {
 
   private async natsConnection(): Promise<NatsConnection> {
     if (this.natsConn) return this.natsConn;
-    this.natsConnecting ??= import('../adapters/connections.js').then((c) => c.connectNats(this.env));
+    this.natsConnecting ??= import('../adapters/nats-connection.js').then((c) => c.connectNats(this.env));
     this.natsConn = await this.natsConnecting;
     return this.natsConn;
   }

@@ -1,6 +1,13 @@
 // hash-wasm backed XXH3-64 (seeds 1337 and 0) and BLAKE3 hashers, initialised once and synchronous after.
-import { createBLAKE3, createXXHash3, type IHasher } from 'hash-wasm';
+import { createRequire } from 'node:module';
+import type { IHasher, createBLAKE3 as CreateBlake3, createXXHash3 as CreateXxHash3 } from 'hash-wasm';
 import { KV_HASH_SEED, type Xxh3 } from '../core/hash.js';
+
+// hash-wasm's per-algorithm bundles: its all-in-one entry embeds every algorithm's WASM, which costs
+// about 20 ms of start-up to load and initialise for the two this worker uses.
+const require = createRequire(import.meta.url);
+const { createXXHash3 } = require('hash-wasm/dist/xxhash3.umd.min.js') as { createXXHash3: typeof CreateXxHash3 };
+const { createBLAKE3 } = require('hash-wasm/dist/blake3.umd.min.js') as { createBLAKE3: typeof CreateBlake3 };
 
 /** Xxh3 plus the seed-0 variant the TwoPartCodec checksum uses. */
 export type Xxh3Hasher = Xxh3 & { hash0(bytes: Uint8Array): bigint };

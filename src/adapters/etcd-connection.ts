@@ -1,0 +1,70 @@
+// Connects to etcd the way Dynamo reads it from the environment, failing within seconds with one line
+// that names the URL and the variable.
+import { Etcd3, type IOptions } from 'etcd3';
+import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact, type Env } from './connection-error.js';
+
+export { ConnectionError };
+
+/**
+ * `ETCD_ENDPOINTS` (comma-separated, default http://localhost:2379), optional
+ * ETCD_AUTH_USERNAME+ETCD_AUTH_PASSWORD and TLS from ETCD_AUTH_CA (+ ETCD_AUTH_CLIENT_CERT and
+ * ETCD_AUTH_CLIENT_KEY), PEM text as in Dynamo. One bounded read proves the connection: etcd3
+ * retries internally (three attempts, then a circuit breaker) and a silent endpoint would otherwise
+ * wait for the 30 s default dial timeout.
+ */
+export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): Promise<Etcd3> {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const raw = env.ETCD_ENDPOINTS || 'http://localhost:2379';
+  const hosts = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  const shown = hosts.map(redact).join(',');
+  for (const h of hosts) {
+    if (!/^https?:\/\/[^/]+/.test(h)) throw new ConnectionError(`ETCD_ENDPOINTS must list http(s)://host:port URLs, got '${redact(h)}'`);
+  }
+
+  const options: IOptions = {
+    hosts,
+    dialTimeout: timeoutMs,
+    // tonic (Dynamo's etcd client) ignores http_proxy; grpc-js would route etcd through it.
+    grpcOptions: { 'grpc.enable_http_proxy': 0 },
+  };
+  if (env.ETCD_AUTH_USERNAME && env.ETCD_AUTH_PASSWORD) {
+    options.auth = { username: env.ETCD_AUTH_USERNAME, password: env.ETCD_AUTH_PASSWORD };
+  }
+  if (env.ETCD_AUTH_CA) {
+    options.credentials = {
+      rootCertificate: Buffer.from(env.ETCD_AUTH_CA),
+      ...(env.ETCD_AUTH_CLIENT_CERT && env.ETCD_AUTH_CLIENT_KEY
+        ? { certChain: Buffer.from(env.ETCD_AUTH_CLIENT_CERT), privateKey: Buffer.from(env.ETCD_AUTH_CLIENT_KEY) }
+        : {}),
+    };
+  }
+
+  let client: Etcd3;
+  try {
+    client = new Etcd3(options);
+  } catch (err) {
+    throw new ConnectionError(`cannot set up etcd client for ${shown} (ETCD_ENDPOINTS): ${reason(err, timeoutMs)}`);
+  }
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      client.get('v1/mdc').options({ deadline: Date.now() + timeoutMs }).string(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })), timeoutMs);
+      }),
+    ]);
+  } catch (err) {
+    client.close();
+    throw new ConnectionError(`cannot connect to etcd at ${shown} (ETCD_ENDPOINTS): ${etcdReason(err, timeoutMs)}`);
+  } finally {
+    clearTimeout(timer);
+  }
+  return client;
+}
+
+function etcdReason(err: unknown, timeoutMs: number): string {
+  const text = (err as Error)?.message ?? String(err);
+  if (/DEADLINE_EXCEEDED|Deadline exceeded/i.test(text)) return `no answer within ${timeoutMs} ms`;
+  // grpc-js prefixes "14 UNAVAILABLE: "; keep the human part.
+  return reason(err, timeoutMs).replace(/^\d+ [A-Z_]+: /, '');
+}
