@@ -6,13 +6,18 @@
 // Reply (ACK or error text): u32 len | data. An ACK is four zero bytes.
 //
 // Both request forms are told apart per frame. After the path, a 0.9+ frame has headers_len ≥ 2 and
-// headers that are a JSON object: they start with '{', end with '}' and hold no NUL byte. Read as
-// 0.8, those bytes are the payload length's high half (≥ 2 only for payloads ≥ 128 KiB), its low half,
-// then the payload, whose TwoPart prefix starts with a u64 header length, i.e. NUL bytes. So a 0.8
-// frame can pass the test only with headers_len = 2 and a low half of "{}" (payload length exactly
-// 0x00027B7D); it then reads on as a 0.9 frame with a payload of 0 bytes, which no 0.9 frontend sends
-// (a TwoPart message has at least 24 bytes). Requiring a payload of at least 24 bytes in 0.9 frames
-// makes the rule exact.
+// headers that start with '{' and hold no NUL byte (JSON text cannot). Read as 0.8, those bytes are
+// the payload length's high half (≥ 2 only for payloads ≥ 128 KiB), its low half, then the payload,
+// whose TwoPart prefix starts with a u64 header length, i.e. a NUL byte. So a 0.8 frame can pass the
+// test only with headers_len = 2 and a low half starting with '{' (a payload length of 0x00027Bxx);
+// its 0.9 reading then has a payload length of 0, while a TwoPart message has at least 24 bytes.
+// Requiring that of 0.9 frames makes the rule exact, and headers that are not valid JSON (which
+// Dynamo ignores) are still framed right.
+//
+// Frontends always send headers (at least "{}"), but Dynamo's decoder also takes an empty section
+// (headers_len = 0). Read as 0.8, such a frame has a payload length below 24 whenever its payload is
+// under 1.5 MiB (the length's high half lands there), which no 0.8 frame can have; so that case is
+// read as 0.9 with empty headers. A headerless 0.9 frame of 1.5 MiB or more would be misread.
 //
 // As in Dynamo ≥ 1.2 (zero_copy_decoder.rs), any path length is framed (an empty or unknown path is
 // a routing matter, not a framing one) and unreadable headers are ignored: they only carry tracing
@@ -49,7 +54,6 @@ export class TcpFrameError extends Error {
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const textEncoder = new TextEncoder();
 const OPEN_BRACE = 0x7b;
-const CLOSE_BRACE = 0x7d;
 
 function parseHeaders(bytes: Uint8Array): { headers: Record<string, string>; error: string | null } {
   if (bytes.length === 0) return { headers: {}, error: null };
@@ -166,14 +170,17 @@ export class TcpRequestDecoder {
     const x = this.u16(afterPath);
     let format: TcpFrameFormat = '0.8';
     let headersLen = 0;
-    if (x >= 2 && this.buf[afterPath + 2] === OPEN_BRACE) {
+    if (x === 0) {
+      if (avail < 2 + pathLen + 4) return null;
+      if (this.u32(afterPath) < TWO_PART_PREFIX_BYTES) format = '0.9';
+    } else if (x >= 2 && this.buf[afterPath + 2] === OPEN_BRACE) {
       // Decide with the whole headers section and the payload length after it.
       const needed = 2 + pathLen + 2 + x + 4;
       if (needed > this.maxMessageBytes) throw this.tooLarge(needed);
       if (avail < needed) return null;
       const h = this.buf.subarray(afterPath + 2, afterPath + 2 + x);
       const p = this.u32(afterPath + 2 + x);
-      if (h[h.length - 1] === CLOSE_BRACE && !h.includes(0) && p >= TWO_PART_PREFIX_BYTES) {
+      if (!h.includes(0) && p >= TWO_PART_PREFIX_BYTES) {
         format = '0.9';
         headersLen = x;
       }

@@ -1,18 +1,20 @@
-// Runs `bin/dynamo-mocker` as a child process against test servers and waits for it to serve.
+// Runs `bin/dynamo-mocker` as a child process and waits, on /health, until it serves.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { waitFor } from './servers.js';
+import { freePort, waitFor } from './servers.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const BIN = join(ROOT, 'bin', 'dynamo-mocker');
 export const TINY_MODEL = join(ROOT, 'test', 'fixtures', 'tiny-model');
+/** A `--import` hook that appends every module URL the process loads to $MODULE_TRACE_FILE. */
+export const MODULE_TRACE = join(ROOT, 'test', 'helpers', 'module-trace.mjs');
 
 export interface WorkerProcess {
   proc: ChildProcess;
-  /** Everything the process wrote to stdout and stderr so far. */
+  /** Everything the process wrote to stdout and stderr so far (for failure messages and log checks). */
   output(): string;
-  /** Port of the system status server (when DYN_SYSTEM_PORT was given). */
+  /** Port of the system status server (null when the test turned it off). */
   statusPort: number | null;
   /** GET a status-server path. */
   get(path: string): Promise<{ status: number; body: string }>;
@@ -23,17 +25,30 @@ export interface WorkerProcess {
   exited: Promise<number | null>;
 }
 
+export interface StartOptions {
+  /** Wait until /health answers 200 (default), or return at once (e.g. for a worker expected to fail). */
+  expectServing?: boolean;
+  timeoutMs?: number;
+  /** Node options placed before the script (e.g. ['--import', MODULE_TRACE]). */
+  nodeArgs?: string[];
+}
+
 /**
- * Starts a worker with the given CLI args and env. Waits until it logs that it serves (or exits).
- * The status server is always enabled on a random port.
+ * Starts a worker with the given CLI args and env. The status server runs on a free loopback port
+ * (unless env sets DYN_SYSTEM_PORT itself), and the worker counts as serving once /health says ready,
+ * which it does only when every worker of the process is registered.
  */
-export async function startWorkerProcess(
-  args: string[],
-  env: Record<string, string>,
-  opts: { expectServing?: boolean; timeoutMs?: number; workers?: number } = {},
-): Promise<WorkerProcess> {
-  const proc = spawn(process.execPath, [BIN, ...args], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', DYN_SYSTEM_PORT: '0', DYN_SYSTEM_HOST: '127.0.0.1', ...env },
+export async function startWorkerProcess(args: string[], env: Record<string, string>, opts: StartOptions = {}): Promise<WorkerProcess> {
+  const statusPort = env.DYN_SYSTEM_PORT === undefined ? await freePort() : Number(env.DYN_SYSTEM_PORT) > 0 ? Number(env.DYN_SYSTEM_PORT) : null;
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '/tmp',
+      DYN_SYSTEM_HOST: '127.0.0.1',
+      DYN_TCP_RPC_HOST: '127.0.0.1',
+      ...(statusPort !== null ? { DYN_SYSTEM_PORT: String(statusPort) } : {}),
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -44,9 +59,9 @@ export async function startWorkerProcess(
   const handle: WorkerProcess = {
     proc,
     output: () => out,
-    statusPort: null,
+    statusPort,
     async get(path) {
-      const res = await fetch(`http://127.0.0.1:${handle.statusPort}${path}`);
+      const res = await fetch(`http://127.0.0.1:${statusPort}${path}`);
       return { status: res.status, body: await res.text() };
     },
     async metric(prefix) {
@@ -65,14 +80,13 @@ export async function startWorkerProcess(
     exited,
   };
   if (opts.expectServing === false) return handle;
+  if (statusPort === null) throw new Error('startWorkerProcess: waiting for a worker to serve needs its status server');
   await waitFor(
-    () => {
+    async () => {
       if (exitCode !== undefined) throw new Error(`worker exited with ${exitCode}:\n${out}`);
-      return /worker\(s\) serving/.test(out);
+      return (await handle.get('/health').catch(() => ({ status: 0 }))).status === 200;
     },
-    { timeoutMs: opts.timeoutMs ?? 20_000, message: `worker did not start serving:\n${out}` },
+    { timeoutMs: opts.timeoutMs ?? 20_000, message: `worker did not become ready:\n${out}` },
   );
-  const m = /system status server listening on [^:]+:(\d+)/.exec(out);
-  handle.statusPort = m ? Number(m[1]) : null;
   return handle;
 }

@@ -76,6 +76,7 @@ describe('bad input exits 2 naming the flag', () => {
     [['--model-path', 'm', '--enable-prefix-caching', '--no-enable-prefix-caching'], '--enable-prefix-caching'],
     [['--model-path', 'm', '--endpoint', 'http://x'], '--endpoint'],
     [['--model-path', 'm', '--preemption-mode', 'random'], '--preemption-mode'],
+    [['--model-path', 'm', '--dynamo-version', '2.0'], '--dynamo-version'],
     [['--block-size', '16'], '--model-path'],
     [['--model-path', 'm', '--no-such-flag'], '--no-such-flag'],
     [['replay'], '--trace'],
@@ -127,5 +128,97 @@ describe('help', () => {
     for (const flag of ['--trace', '--trace-block-size', '--arrival-speedup', '--concurrency', '--output', '--summary', '--no-progress', '--block-size']) {
       expect(out).toContain(flag);
     }
+  });
+});
+
+describe('protocol generations, planes and discovery', () => {
+  const cfg = (raw: Record<string, unknown>, env: Record<string, string> = {}) => parseWorkerConfig({ modelPath: 'm', ...raw }, [], env);
+
+  it("takes each generation's defaults", () => {
+    expect(cfg({})).toMatchObject({ dynamoVersion: '0.6.1', requestPlane: 'nats', eventPlane: 'nats', discovery: { backend: 'etcd' } });
+    expect(cfg({ dynamoVersion: '1.4' })).toMatchObject({ requestPlane: 'tcp', eventPlane: 'zmq', discovery: { backend: 'etcd' } });
+  });
+
+  it('prefers the flag over the variable over the default (variables case-insensitive)', () => {
+    const v = { dynamoVersion: '1.4' };
+    expect(cfg(v, { DYN_REQUEST_PLANE: 'NATS' }).requestPlane).toBe('nats');
+    expect(cfg({ ...v, requestPlane: 'tcp' }, { DYN_REQUEST_PLANE: 'nats' }).requestPlane).toBe('tcp');
+    expect(cfg(v, { DYN_DISCOVERY_BACKEND: 'file' }).discovery.backend).toBe('file');
+    expect(cfg({ ...v, discoveryBackend: 'etcd' }, { DYN_DISCOVERY_BACKEND: 'file' }).discovery.backend).toBe('etcd');
+    expect(cfg(v, { DYN_EVENT_PLANE: 'nats' }).eventPlane).toBe('nats');
+    expect(cfg({ ...v, eventPlane: 'zmq' }, { DYN_EVENT_PLANE: 'nats' }).eventPlane).toBe('zmq');
+  });
+
+  it('roots file discovery at DYN_FILE_KV, else $TMPDIR/dynamo_store_kv, else /tmp/dynamo_store_kv', () => {
+    expect(cfg({ dynamoVersion: '1.4' }, { DYN_FILE_KV: '/srv/kv' }).discovery.fileRoot).toBe('/srv/kv');
+    expect(cfg({ dynamoVersion: '1.4' }, { TMPDIR: '/scratch/' }).discovery.fileRoot).toBe('/scratch/dynamo_store_kv');
+    expect(cfg({ dynamoVersion: '1.4' }).discovery.fileRoot).toBe('/tmp/dynamo_store_kv');
+  });
+
+  it('reads the TCP plane variables with Dynamo 1.4 defaults', () => {
+    expect(cfg({ dynamoVersion: '1.4' }).tcp).toEqual({ host: null, port: 0, maxMessageBytes: 33554432, shrinkMessageBytes: 8388608, workerPoolSize: 10000, workQueueSize: 40000 });
+    expect(
+      cfg(
+        { dynamoVersion: '1.4' },
+        { DYN_TCP_RPC_HOST: '[::1]', DYN_TCP_RPC_PORT: '9999', DYN_TCP_MAX_MESSAGE_SIZE: '1048576', DYN_TCP_WORKER_POOL_SIZE: '8', DYN_TCP_WORK_QUEUE_SIZE: '0' },
+      ).tcp,
+    ).toMatchObject({ host: '::1', port: 9999, maxMessageBytes: 1048576, workerPoolSize: 8, workQueueSize: 0 });
+  });
+
+  it('1.4 system server: DYN_SYSTEM_PORT alone switches it on; DYN_SYSTEM_ENABLED only earns a warning', () => {
+    const off = cfg({ dynamoVersion: '1.4' }, { DYN_SYSTEM_ENABLED: 'true' });
+    expect(off.system.enabled).toBe(false);
+    expect(off.warnings.join()).toMatch(/DYN_SYSTEM_ENABLED is deprecated/);
+    expect(cfg({ dynamoVersion: '1.4' }, { DYN_SYSTEM_PORT: '0' }).system).toMatchObject({ enabled: true, port: 0 });
+    expect(cfg({}, { DYN_SYSTEM_ENABLED: 'true' }).system).toMatchObject({ enabled: true, port: 9090 });
+  });
+
+  it('self-hosts card files in 1.4 unless DYN_SELF_HOST_METADATA is false', () => {
+    expect(cfg({ dynamoVersion: '1.4' }).selfHostMetadata).toBe(true);
+    expect(cfg({ dynamoVersion: '1.4' }, { DYN_SELF_HOST_METADATA: 'off' }).selfHostMetadata).toBe(false);
+    expect(cfg({}, { DYN_SELF_HOST_METADATA: 'true' }).selfHostMetadata).toBe(false);
+  });
+
+  it('reads the shutdown grace and the stream age from the environment', () => {
+    expect(cfg({}, { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: '0.5', DYN_NATS_STREAM_MAX_AGE: '60' })).toMatchObject({ gracefulShutdownMs: 500, natsStreamMaxAgeS: 60 });
+    expect(cfg({})).toMatchObject({ gracefulShutdownMs: 30_000, natsStreamMaxAgeS: 3600 });
+  });
+
+  const refusals: Array<[string[], Record<string, string>, string, RegExp]> = [
+    [['--request-plane', 'tcp'], {}, '--request-plane', /'tcp' is not spoken by --dynamo-version 0\.6\.1/],
+    [[], { DYN_REQUEST_PLANE: 'tcp' }, 'DYN_REQUEST_PLANE', /not spoken by --dynamo-version 0\.6\.1/],
+    [['--dynamo-version', '0.6.0', '--discovery-backend', 'file'], {}, '--discovery-backend', /'file' is not spoken by --dynamo-version 0\.6\.0/],
+    [[], { DYN_DISCOVERY_BACKEND: 'file' }, 'DYN_DISCOVERY_BACKEND', /not spoken/],
+    [['--event-plane', 'zmq'], {}, '--event-plane', /not spoken/],
+    [['--dynamo-version', '1.4', '--discovery-backend', 'kubernetes'], {}, '--discovery-backend', /'kubernetes' is not supported: it needs Dynamo's operator/],
+    [['--dynamo-version', '1.4'], { DYN_DISCOVERY_BACKEND: 'mem' }, 'DYN_DISCOVERY_BACKEND', /'mem' is not supported/],
+    [['--dynamo-version', '1.4', '--request-plane', 'http'], {}, '--request-plane', /must be one of tcp, nats, got 'http'/],
+    [['--dynamo-version', '1.4'], { DYN_EVENT_PLANE: 'kafka' }, 'DYN_EVENT_PLANE', /must be one of nats, zmq/],
+    [['--dynamo-version', '1.4'], { DYN_TCP_RPC_HOST: 'worker-1.local' }, 'DYN_TCP_RPC_HOST', /must be an IP address/],
+    [['--dynamo-version', '1.4'], { DYN_TCP_RPC_PORT: '70000' }, 'DYN_TCP_RPC_PORT', /integer in \[0, 65535\]/],
+    [['--dynamo-version', '1.4'], { DYN_TCP_MAX_MESSAGE_SIZE: '32MB' }, 'DYN_TCP_MAX_MESSAGE_SIZE', /must be an integer/],
+    [['--dynamo-version', '1.4'], { DYN_SELF_HOST_METADATA: 'maybe' }, 'DYN_SELF_HOST_METADATA', /must be a boolean/],
+    [[], { DYN_SYSTEM_PORT: 'abc' }, 'DYN_SYSTEM_PORT', /port number/],
+    [[], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: 'soon' }, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', /must be a number/],
+    [[], { DYN_NATS_STREAM_MAX_AGE: '0' }, 'DYN_NATS_STREAM_MAX_AGE', /must be > 0/],
+  ];
+  for (const [args, env, name, message] of refusals) {
+    it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
+      const { code, err } = await run(['--model-path', 'm', ...args], env);
+      expect(code).toBe(2);
+      expect(err).toContain(name);
+      expect(err).toMatch(message);
+      expect(err.trim().split('\n')).toHaveLength(1);
+    });
+  }
+
+  it('ignores the TCP variables when the request plane is NATS', () => {
+    expect(cfg({}, { DYN_TCP_RPC_PORT: 'not-a-port' }).requestPlane).toBe('nats');
+  });
+
+  it('--help lists the generation and plane flags', async () => {
+    const { out } = await run(['--help']);
+    for (const flag of ['--dynamo-version', '--discovery-backend', '--request-plane', '--event-plane']) expect(out).toContain(flag);
+    expect(out).toContain('1.4');
   });
 });
