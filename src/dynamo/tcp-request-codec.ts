@@ -11,8 +11,8 @@
 // whose TwoPart prefix starts with a u64 header length, i.e. a NUL byte. So a 0.8 frame can pass the
 // test only with headers_len = 2 and a low half starting with '{' (a payload length of 0x00027Bxx);
 // its 0.9 reading then has a payload length of 0, while a TwoPart message has at least 24 bytes.
-// Requiring that of 0.9 frames makes the rule exact, and headers that are not valid JSON (which
-// Dynamo ignores) are still framed right.
+// Requiring that of 0.9 frames with 2-byte headers makes the rule exact for every well-formed frame,
+// and headers that are not valid JSON (which Dynamo ignores) are still framed right.
 //
 // Frontends always send headers (at least "{}"), but Dynamo's decoder also takes an empty section
 // (headers_len = 0). Read as 0.8, such a frame has a payload length below 24 whenever its payload is
@@ -180,7 +180,7 @@ export class TcpRequestDecoder {
       if (avail < needed) return null;
       const h = this.buf.subarray(afterPath + 2, afterPath + 2 + x);
       const p = this.u32(afterPath + 2 + x);
-      if (!h.includes(0) && p >= TWO_PART_PREFIX_BYTES) {
+      if (!h.includes(0) && (x > 2 || p >= TWO_PART_PREFIX_BYTES)) {
         format = '0.9';
         headersLen = x;
       }

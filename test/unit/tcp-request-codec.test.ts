@@ -132,6 +132,14 @@ describe('TcpRequestDecoder', () => {
     expect(out[3].payload).toEqual(json);
   });
 
+  it('frames a 0.9 request whose payload is not even a TwoPart message (too short), so it can be refused', () => {
+    const out = new TcpRequestDecoder().push(concat(encodeTcpRequest(PATH, HEADERS, enc.encode('garbage')), encodeTcpRequest(PATH, HEADERS, payload(24))));
+    expect(out.map((f) => [f.format, new TextDecoder().decode(f.payload.subarray(0, 7))])).toEqual([
+      ['0.9', 'garbage'],
+      ['0.9', new TextDecoder().decode(payload(24).subarray(0, 7))],
+    ]);
+  });
+
   it('keeps a frame whose headers are not valid JSON, as Dynamo does, and says why', () => {
     const d = new TcpRequestDecoder();
     const out = d.push(concat(frame09(PATH, '{"x-endpoint-path":', payload(30)), encodeTcpRequest(PATH, HEADERS, payload(31))));
