@@ -1,6 +1,11 @@
 #!/usr/bin/env node
-// Worker benchmark: process start → instance key in etcd, and tokens/s streamed at --speedup-ratio 0
-// with 256 concurrent requests on one worker. Usage: node scripts/bench-worker.mjs [--runs 5] [--max-tokens 400]
+// Worker benchmark, configurations alternated round by round so they share the machine's noise:
+//  1. spawn → Endpoint record visible, for 1.4 file+TCP, 1.4 etcd+TCP and 0.6.1 etcd+NATS;
+//  2. tokens/s streamed at --speedup-ratio 0 (concurrency × max-tokens) over the TCP and the NATS
+//     request plane (1.4, etcd), and 0.6.1 for comparison.
+// Usage: node scripts/bench-worker.mjs [--runs 9] [--tput-runs 5] [--max-tokens 400] [--concurrency 256]
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, watch } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -8,53 +13,98 @@ import { parseArgs } from 'node:util';
 import { start, startLocalServers } from './lib/local-servers.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, 'max-tokens': { type: 'string', default: '400' }, concurrency: { type: 'string', default: '256' } } });
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '9' },
+    'tput-runs': { type: 'string', default: '5' },
+    'max-tokens': { type: 'string', default: '400' },
+    concurrency: { type: 'string', default: '256' },
+  },
+});
 const runs = Number(values.runs);
+const tputRuns = Number(values['tput-runs']);
 const maxTokens = Number(values['max-tokens']);
 const concurrency = Number(values.concurrency);
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const fmt = (xs, d = 0) => `median ${median(xs).toFixed(d)} (min ${Math.min(...xs).toFixed(d)}, max ${Math.max(...xs).toFixed(d)})`;
 
-const env = await startLocalServers();
+const servers = await startLocalServers();
 const { DynamoClient } = await import(join(root, 'dist', 'client', 'dynamo-client.js'));
-const client = await DynamoClient.connect({ env });
+const client = await DynamoClient.connect({ env: servers });
 const model = join(root, 'test', 'fixtures', 'tiny-model');
 const bin = join(root, 'bin', 'dynamo-mocker');
 const stop = (w) => new Promise((resolve) => (w.child.once('exit', resolve), w.child.kill('SIGTERM')));
+const base = { DYN_TCP_RPC_HOST: '127.0.0.1' };
+let round = 0;
 
-// 1. Start-up: from spawning the process to its instance key being written.
-const startups = [];
-for (let i = 0; i < runs; i++) {
-  const ns = `startup${i}`;
-  const key = `v1/instances/${ns}/backend/generate/`;
-  const watcher = await client.etcd.watch().prefix(key).create();
+// 1. Start-up: from spawning the process to its Endpoint record appearing.
+const startups = {
+  '1.4 file + TCP': async () => {
+    const kv = mkdtempSync(join(tmpdir(), 'bench-kv-'));
+    const dir = join(kv, 'v1', 'instances');
+    mkdirSync(dir, { recursive: true });
+    const seen = new Promise((resolve) => {
+      const w = watch(dir, () => {
+        if (readdirSync(dir).some((n) => !n.startsWith('.'))) {
+          w.close();
+          resolve(performance.now());
+        }
+      });
+    });
+    const t0 = performance.now();
+    const w = start(process.execPath, [bin, '--model-path', model, '--dynamo-version', '1.4'], { ...base, DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: kv });
+    const ms = (await seen) - t0;
+    await stop(w);
+    rmSync(kv, { recursive: true, force: true });
+    return ms;
+  },
+  '1.4 etcd + TCP': (ns) => etcdStartup(['--dynamo-version', '1.4'], { ETCD_ENDPOINTS: servers.ETCD_ENDPOINTS }, ns),
+  '0.6.1 etcd + NATS': (ns) => etcdStartup([], servers, ns),
+};
+async function etcdStartup(args, env, ns) {
+  const watcher = await client.etcd.watch().prefix(`v1/instances/${ns}/backend/generate/`).create();
   const written = new Promise((resolve) => watcher.once('put', () => resolve(performance.now())));
   const t0 = performance.now();
-  const w = start(process.execPath, [bin, '--model-path', model], { ...env, DYN_NAMESPACE: ns });
-  startups.push((await written) - t0);
+  const w = start(process.execPath, [bin, '--model-path', model, ...args], { ...base, ...env, DYN_NAMESPACE: ns });
+  const ms = (await written) - t0;
   await watcher.cancel();
   await stop(w);
+  return ms;
 }
+const startupTimes = Object.fromEntries(Object.keys(startups).map((k) => [k, []]));
+for (let i = 0; i < runs; i++) for (const [name, run] of Object.entries(startups)) startupTimes[name].push(await run(`startup${round++}`));
 
-// 2. Streaming throughput with no simulated delays.
-const throughputs = [];
-for (let i = 0; i < Math.min(runs, 3); i++) {
-  const ns = `tput${i}`;
-  const w = start(process.execPath, [bin, '--model-path', model, '--speedup-ratio', '0', '--max-num-seqs', String(concurrency)], { ...env, DYN_NAMESPACE: ns });
-  const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1, 20000);
-  const t0 = performance.now();
-  const handles = await Promise.all(
-    Array.from({ length: concurrency }, (_, r) => client.generate(inst.subject, { tokenIds: Array.from({ length: 128 }, (_, j) => (r * 131 + j) % 2000 + 10), maxTokens })),
-  );
-  const results = await Promise.all(handles.map((h) => h.stream.done));
-  const elapsed = (Math.max(...results.map((r) => r.endedAt)) - t0) / 1000;
-  const tokens = results.reduce((s, r) => s + r.tokenIds.length, 0);
-  if (tokens !== concurrency * maxTokens) throw new Error(`expected ${concurrency * maxTokens} tokens, got ${tokens}`);
-  throughputs.push(tokens / elapsed);
-  await stop(w);
+// 2. Streaming throughput with no simulated delays, over each request plane.
+const planes = {
+  '1.4 TCP plane': { args: ['--dynamo-version', '1.4'], env: { ETCD_ENDPOINTS: servers.ETCD_ENDPOINTS } },
+  '1.4 NATS plane': { args: ['--dynamo-version', '1.4'], env: { ...servers, DYN_REQUEST_PLANE: 'nats' } },
+  '0.6.1 (NATS)': { args: [], env: servers },
+};
+const tput = Object.fromEntries(Object.keys(planes).map((k) => [k, []]));
+for (let i = 0; i < tputRuns; i++) {
+  for (const [name, p] of Object.entries(planes)) {
+    const ns = `tput${round++}`;
+    const w = start(process.execPath, [bin, '--model-path', model, ...p.args, '--speedup-ratio', '0', '--max-num-seqs', String(concurrency)], { ...base, ...p.env, DYN_NAMESPACE: ns });
+    const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1, 20000);
+    const t0 = performance.now();
+    const handles = await Promise.all(
+      Array.from({ length: concurrency }, (_, r) => client.generate(inst, { tokenIds: Array.from({ length: 128 }, (_, j) => ((r * 131 + j) % 2000) + 10), maxTokens })),
+    );
+    const results = await Promise.all(handles.map((h) => h.stream.done));
+    const elapsed = (Math.max(...results.map((r) => r.endedAt)) - t0) / 1000;
+    const tokens = results.reduce((s, r) => s + r.tokenIds.length, 0);
+    if (tokens !== concurrency * maxTokens) throw new Error(`${name}: expected ${concurrency * maxTokens} tokens, got ${tokens}`);
+    tput[name].push(tokens / elapsed);
+    await stop(w);
+  }
 }
 await client.close();
 
-console.log(`worker benchmark (median of ${runs} start-ups, ${throughputs.length} throughput runs)`);
-console.log(`start → instance key written: median ${median(startups).toFixed(0)} ms (min ${Math.min(...startups).toFixed(0)}, max ${Math.max(...startups).toFixed(0)})`);
-console.log(`tokens/s streamed at --speedup-ratio 0, ${concurrency} concurrent × ${maxTokens} tokens: median ${median(throughputs).toFixed(0)} (runs: ${throughputs.map((t) => t.toFixed(0)).join(', ')})`);
+console.log(`worker benchmark: ${runs} start-ups and ${tputRuns} streaming runs per configuration, alternated`);
+console.log('spawn → Endpoint record visible (ms):');
+for (const [name, xs] of Object.entries(startupTimes)) console.log(`  ${name.padEnd(18)} ${fmt(xs)}`);
+console.log(`tokens/s streamed at --speedup-ratio 0, ${concurrency} concurrent × ${maxTokens} tokens:`);
+for (const [name, xs] of Object.entries(tput)) console.log(`  ${name.padEnd(18)} ${fmt(xs)}`);
+const ratios = tput['1.4 TCP plane'].map((t, i) => t / tput['1.4 NATS plane'][i]);
+console.log(`  TCP / NATS plane, pair by pair: median ${median(ratios).toFixed(2)}× (${ratios.map((r) => r.toFixed(2)).join(', ')})`);
 process.exit(0);

@@ -16,9 +16,9 @@ process.on('exit', () => {
 const have = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
 
 /** Installs the Debian packages when missing and running as root; otherwise explains and exits. */
-export function ensureServers() {
+export function ensureServers({ nats = true } = {}) {
   const missing = [];
-  if (!have('nats-server')) missing.push('nats-server');
+  if (nats && !have('nats-server')) missing.push('nats-server');
   if (!have('etcd')) missing.push('etcd-server');
   if (missing.length === 0) return;
   if (process.getuid?.() !== 0) {
@@ -57,18 +57,22 @@ export function start(cmd, args, env = {}) {
   return { child, output: () => out };
 }
 
-/** Starts NATS and etcd; returns the env a worker or client needs to reach them. */
-export async function startLocalServers() {
-  ensureServers();
+/** Starts etcd and (unless `nats` is false) NATS with JetStream; returns the env a worker or client needs. */
+export async function startLocalServers({ nats: withNats = true } = {}) {
+  ensureServers({ nats: withNats });
   const [natsPort, etcdPort, peerPort] = await Promise.all([freePort(), freePort(), freePort()]);
-  const natsDir = mkdtempSync(join(tmpdir(), 'local-nats-'));
   const etcdDir = mkdtempSync(join(tmpdir(), 'local-etcd-'));
-  dirs.push(natsDir, etcdDir);
-  const nats = start('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', natsDir]);
+  dirs.push(etcdDir);
+  let nats = null;
+  if (withNats) {
+    const natsDir = mkdtempSync(join(tmpdir(), 'local-nats-'));
+    dirs.push(natsDir);
+    nats = start('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', natsDir]);
+  }
   const etcdUrl = `http://127.0.0.1:${etcdPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   start('etcd', ['--data-dir', etcdDir, '--listen-client-urls', etcdUrl, '--advertise-client-urls', etcdUrl, '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `default=${peer}`, '--log-level', 'error']);
-  await waitFor(() => /Server is ready/.test(nats.output()), 'nats-server');
+  if (nats) await waitFor(() => /Server is ready/.test(nats.output()), 'nats-server');
   await waitFor(async () => (await fetch(`${etcdUrl}/health`).then((r) => r.json()).catch(() => ({}))).health === 'true', 'etcd');
-  return { NATS_SERVER: `nats://127.0.0.1:${natsPort}`, ETCD_ENDPOINTS: etcdUrl };
+  return { ...(nats ? { NATS_SERVER: `nats://127.0.0.1:${natsPort}` } : {}), ETCD_ENDPOINTS: etcdUrl };
 }

@@ -88,7 +88,10 @@ export class TcpRequestPlane {
     const decoder = new TcpRequestDecoder(this.o.settings.maxMessageBytes, this.o.settings.shrinkMessageBytes);
     let warnedHeaders = false;
     socket.on('data', (chunk: Buffer) => {
-      for (const frame of decoder.push(chunk)) {
+      const frames = decoder.push(chunk);
+      // Frames that arrived together are ACKed with one write.
+      if (frames.length > 1) socket.cork();
+      for (const frame of frames) {
         // The payload is a view into the decoder's buffer, which the next chunk may overwrite.
         const payload = frame.payload.slice();
         if (frame.headersError && !warnedHeaders) {
@@ -98,6 +101,7 @@ export class TcpRequestPlane {
         this.dispatch(frame.path, payload);
         socket.write(TCP_ACK);
       }
+      if (frames.length > 1) socket.uncork();
       if (decoder.error) {
         this.o.framingError(decoder.error.message);
         this.o.log.warn(`closing request connection from ${socket.remoteAddress}:${socket.remotePort}: ${decoder.error.message}`);

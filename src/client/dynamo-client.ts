@@ -66,9 +66,9 @@ function samplingOptions(r: GenerateRequest) {
 
 const OUTPUT_OPTIONS = { logprobs: null, prompt_logprobs: null, skip_special_tokens: null, formatted_prompt: null };
 
-/** The PreprocessedRequest body exactly as a 0.6.1 frontend's serde writes it. */
-export function preprocessedRequestJson(r: GenerateRequest): string {
-  const body: Record<string, unknown> = {
+/** The fields every generation's PreprocessedRequest starts with, in serde's order. */
+function commonBody(r: GenerateRequest): Record<string, unknown> {
+  return {
     model: r.model ?? 'mocker',
     token_ids: r.tokenIds,
     stop_conditions: stopConditions(r),
@@ -77,29 +77,20 @@ export function preprocessedRequestJson(r: GenerateRequest): string {
     eos_token_ids: r.eosTokenIds ?? [],
     mdc_sum: null,
     annotations: [],
-    estimated_prefix_hit_num_blocks: null,
-    backend_instance_id: null,
-    router_config_override: null,
   };
+}
+
+/** The PreprocessedRequest body exactly as a 0.6.1 frontend's serde writes it. */
+export function preprocessedRequestJson(r: GenerateRequest): string {
+  const body = { ...commonBody(r), estimated_prefix_hit_num_blocks: null, backend_instance_id: null, router_config_override: null } as Record<string, unknown>;
   if (r.dpRank !== undefined) body.dp_rank = r.dpRank;
   return stringifyJson(body);
 }
 
 /** The 0.9+ body: the data-parallel rank travels in `routing` (RoutingHints), optional fields omitted. */
 export function preprocessedRequestJson1x(r: GenerateRequest): string {
-  const body: Record<string, unknown> = {
-    model: r.model ?? 'mocker',
-    token_ids: r.tokenIds,
-    stop_conditions: stopConditions(r),
-    sampling_options: samplingOptions(r),
-    output_options: OUTPUT_OPTIONS,
-    eos_token_ids: r.eosTokenIds ?? [],
-    mdc_sum: null,
-    annotations: [],
-  };
-  if (r.dpRank !== undefined) body.routing = { dp_rank: r.dpRank };
-  body.router_config_override = null;
-  return stringifyJson(body);
+  const routing = r.dpRank === undefined ? {} : { routing: { dp_rank: r.dpRank } };
+  return stringifyJson({ ...commonBody(r), ...routing, router_config_override: null });
 }
 
 /** The RequestControlMessage header (connection_info.info is a JSON string inside the JSON). */

@@ -91,7 +91,8 @@ export class TcpRequestDecoder {
   constructor(
     private readonly maxMessageBytes = TCP_MAX_MESSAGE_BYTES_DEFAULT,
     private readonly shrinkBytes = 8 * 1024 * 1024,
-    initialBytes = 64 * 1024,
+    // A request is about a kilobyte of JSON per 200 prompt tokens; the buffer grows as needed.
+    initialBytes = 4096,
   ) {
     this.initialBytes = initialBytes;
     this.buf = new Uint8Array(initialBytes);

@@ -13,6 +13,7 @@ import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { encodeTcpRequest, encodeTcpRequestV08 } from '../../src/dynamo/tcp-request-codec.js';
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { freePort, haveServers, useCluster, waitFor } from '../helpers/servers.js';
+import { tenRequestsThreeSlots } from '../helpers/scenarios.js';
 import { MODULE_TRACE, TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 type Combo = { discovery: 'etcd' | 'file'; plane: 'tcp' | 'nats' };
@@ -137,15 +138,7 @@ function behaviour(combo: Combo, serverEnv: () => Record<string, string>, record
 
   it('with --max-num-seqs 3 and 10 concurrent clients: 10 in flight, 7 without a first token, then all complete', async () => {
     const s = await start(combo, `q-${tag}`, serverEnv(), ['--max-num-seqs', '3']);
-    const handles = await Promise.all(Array.from({ length: 10 }, (_, i) => s.client.generate(s.inst, { tokenIds: prompt(32, 100 + 32 * i), maxTokens: 40 })));
-    await waitFor(() => handles.filter((h) => h.stream.tokens.length > 0).length === 3, { timeoutMs: 5000, message: '3 streams with tokens' });
-    expect(await s.w.metric('dynamo_component_inflight_requests')).toBe(10);
-    expect(handles.filter((h) => h.stream.tokens.length === 0)).toHaveLength(7);
-    expect(await s.w.metric('vllm:num_requests_running')).toBe(3);
-    expect(await s.w.metric('vllm:num_requests_waiting')).toBe(7);
-    const results = await Promise.all(handles.map((h) => h.stream.done));
-    expect(results.every((r) => r.tokenIds.length === 40 && r.completeFinal)).toBe(true);
-    expect(await s.w.metric('dynamo_component_inflight_requests')).toBe(0);
+    await tenRequestsThreeSlots(s.w, (i) => s.client.generate(s.inst, { tokenIds: prompt(32, 100 + 32 * i), maxTokens: 40 }));
     await finish(s);
   });
 

@@ -13,6 +13,7 @@ import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { startFakeHub } from '../helpers/fake-hub.js';
 import { haveServers, startNats, useCluster, waitFor } from '../helpers/servers.js';
+import { tenRequestsThreeSlots } from '../helpers/scenarios.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
@@ -123,17 +124,7 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
 
   it('with --max-num-seqs 3 and 10 concurrent requests: 10 in flight, 7 without a first token, then all complete', async () => {
     const { w, client, inst } = await worker('tenthree', ['--max-num-seqs', '3']);
-    const handles = await Promise.all(
-      Array.from({ length: 10 }, (_, i) => client.generate(inst.subject, { tokenIds: Array.from({ length: 32 }, (_, j) => 100 + i * 32 + j), maxTokens: 40 })),
-    );
-    await waitFor(() => handles.filter((h) => h.stream.tokens.length > 0).length === 3, { timeoutMs: 5000, message: '3 streams with tokens' });
-    expect(await w.metric('dynamo_component_inflight_requests')).toBe(10);
-    expect(handles.filter((h) => h.stream.tokens.length === 0)).toHaveLength(7);
-    expect(await w.metric('vllm:num_requests_running')).toBe(3);
-    expect(await w.metric('vllm:num_requests_waiting')).toBe(7);
-    const results = await Promise.all(handles.map((h) => h.stream.done));
-    expect(results.every((r) => r.tokenIds.length === 40 && r.completeFinal)).toBe(true);
-    expect(await w.metric('dynamo_component_inflight_requests')).toBe(0);
+    const results = await tenRequestsThreeSlots(w, (i) => client.generate(inst.subject, { tokenIds: Array.from({ length: 32 }, (_, j) => 100 + i * 32 + j), maxTokens: 40 }));
     // Inter-token latency follows the decode model (≈5.75 ms at this tiny KV usage), not timer drift.
     const r0 = results[0];
     const itl = (r0.tokenTimes[39] - r0.tokenTimes[0]) / 39;
