@@ -5,20 +5,18 @@
 //   0.8:  u16 path_len | path | u32 payload_len | payload
 // Reply (ACK or error text): u32 len | data. An ACK is four zero bytes.
 //
-// Both request forms are told apart per frame. After the path, a 0.9+ frame has headers_len ≥ 2 and
-// headers that start with '{' and hold no NUL byte (JSON text cannot). Read as 0.8, those bytes are
-// the payload length's high half (≥ 2 only for payloads ≥ 128 KiB), its low half, then the payload,
-// whose TwoPart prefix starts with a u64 header length, i.e. a NUL byte. So a 0.8 frame can pass the
-// test only with headers_len = 2 and a low half starting with '{' (a payload length of 0x00027Bxx);
-// its 0.9 reading then has a payload length of 0, while a TwoPart message has at least 24 bytes.
-// Requiring that of 0.9 frames with 2-byte headers makes the rule exact for every well-formed frame,
-// and headers that are not valid JSON (which Dynamo ignores) are still framed right.
-//
-// Frontends always send headers (at least "{}"), but Dynamo's decoder also takes an empty section
-// (headers_len = 0). Read as 0.8, such a frame has a payload length below 24 whenever its payload is
-// under 1.5 MiB (the length's high half lands there), which no 0.8 frame can have; so that case is
-// read as 0.9 with empty headers. A headerless 0.9 frame of 1.5 MiB or more would be misread.
-//
+// Both request forms are told apart per frame (a connection never mixes them, but nothing says which
+// one it speaks). After the path, a 0.9+ frame has headers_len 0, or ≥ 2 with headers that start with
+// '{' and hold no NUL byte (JSON text cannot). Read as 0.8, those bytes are the payload length's high
+// half (0 below 64 KiB, ≥ 2 only from 128 KiB), its low half, then the payload, whose TwoPart prefix
+// starts with a u64 header length, i.e. NUL bytes. So headers_len ≥ 3 with such headers can only be
+// 0.9, and a NUL among them or a first byte other than '{' only 0.8. What stays ambiguous is
+// headers_len 0 and headers_len 2: there the TwoPart message inside settles it, since its header and
+// body lengths plus its 24-byte prefix must add up to the payload length of the right reading. When
+// neither or both add up (a malformed payload, or too few bytes yet), the connection's earlier frames
+// decide, and a connection's first such frame is read as 0.9: the generation this worker speaks.
+// A reading that makes a complete frame is never left waiting for more bytes.
+
 // As in Dynamo ≥ 1.2 (zero_copy_decoder.rs), any path length is framed (an empty or unknown path is
 // a routing matter, not a framing one) and unreadable headers are ignored: they only carry tracing
 // hints. Only a frame over DYN_TCP_MAX_MESSAGE_SIZE breaks the stream.
@@ -86,6 +84,7 @@ export class TcpRequestDecoder {
   private start = 0;
   private end = 0;
   private failure: TcpFrameError | null = null;
+  private lastFormat: TcpFrameFormat | null = null;
   private readonly initialBytes: number;
 
   constructor(
@@ -166,26 +165,9 @@ export class TcpRequestDecoder {
     if (avail < 2) return null;
     const pathLen = this.u16(s);
     const afterPath = s + 2 + pathLen;
-    // Enough to tell the formats apart: 2 bytes of headers_len and the first header byte.
-    if (avail < 2 + pathLen + 3) return null;
-    const x = this.u16(afterPath);
-    let format: TcpFrameFormat = '0.8';
-    let headersLen = 0;
-    if (x === 0) {
-      if (avail < 2 + pathLen + 4) return null;
-      if (this.u32(afterPath) < TWO_PART_PREFIX_BYTES) format = '0.9';
-    } else if (x >= 2 && this.buf[afterPath + 2] === OPEN_BRACE) {
-      // Decide with the whole headers section and the payload length after it.
-      const needed = 2 + pathLen + 2 + x + 4;
-      if (needed > this.maxMessageBytes) throw this.tooLarge(needed);
-      if (avail < needed) return null;
-      const h = this.buf.subarray(afterPath + 2, afterPath + 2 + x);
-      const p = this.u32(afterPath + 2 + x);
-      if (!h.includes(0) && (x > 2 || p >= TWO_PART_PREFIX_BYTES)) {
-        format = '0.9';
-        headersLen = x;
-      }
-    }
+    const format = this.formatAt(afterPath);
+    if (format === null) return null;
+    const headersLen = format === '0.9' ? this.u16(afterPath) : 0;
     const lenAt = format === '0.9' ? afterPath + 2 + headersLen : afterPath;
     const payloadLen = this.u32(lenAt);
     const total = lenAt + 4 - s + payloadLen;
@@ -201,7 +183,49 @@ export class TcpRequestDecoder {
     const { headers, error } = format === '0.9' ? parseHeaders(this.buf.subarray(afterPath + 2, lenAt)) : { headers: {}, error: null };
     const payload = this.buf.subarray(lenAt + 4, lenAt + 4 + payloadLen);
     this.start = s + total;
+    this.lastFormat = format;
     return { format, path, headers, headersError: error, payload, frameBytes: total };
+  }
+
+  /** The form of the frame whose path ends at `afterPath`, or null while the bytes cannot tell yet. */
+  private formatAt(afterPath: number): TcpFrameFormat | null {
+    if (this.end < afterPath + 2) return null;
+    const x = this.u16(afterPath);
+    if (x === 1) return '0.8';
+    if (x >= 2) {
+      if (this.end < afterPath + 3) return null;
+      if (this.buf[afterPath + 2] !== OPEN_BRACE) return '0.8';
+      const needed = afterPath + 2 + x + 4;
+      if (needed - this.start > this.maxMessageBytes) throw this.tooLarge(needed - this.start);
+      if (this.end < needed) return null;
+      if (this.buf.subarray(afterPath + 2, afterPath + 2 + x).includes(0)) return '0.8';
+      if (x > 2) return '0.9';
+    } else if (this.end < afterPath + 2 + 4) {
+      return null;
+    }
+    // Ambiguous: settle it by the TwoPart lengths, then by the connection's earlier frames.
+    const at9 = afterPath + 2 + x;
+    const fits8 = this.twoPartFits(afterPath);
+    const fits9 = this.twoPartFits(at9);
+    if (fits8 !== fits9 && fits8 !== null && fits9 !== null) return fits8 ? '0.8' : '0.9';
+    if (fits8 === true && fits9 === null) return '0.8';
+    if (fits9 === true && fits8 === null) return '0.9';
+    const complete9 = this.end >= at9 + 4 + this.u32(at9);
+    if ((fits8 === null || fits9 === null) && !complete9) return null;
+    return this.lastFormat ?? '0.9';
+  }
+
+  /**
+   * Whether the u32 payload length at `lenAt` is that of a TwoPart message whose own header and body
+   * lengths (u64 each, after it) add up to it with the 24-byte prefix; null while those bytes are missing.
+   */
+  private twoPartFits(lenAt: number): boolean | null {
+    const payloadLen = this.u32(lenAt);
+    if (payloadLen < TWO_PART_PREFIX_BYTES) return false;
+    const at = lenAt + 4;
+    if (this.end < at + 16) return null;
+    if (this.u32(at) !== 0 || this.u32(at + 8) !== 0) return false;
+    return this.u32(at + 4) + this.u32(at + 12) + TWO_PART_PREFIX_BYTES === payloadLen;
   }
 }
 

@@ -13,10 +13,13 @@ const enc = new TextEncoder();
 const PATH = '694d9981145a61ad/generate';
 const HEADERS = { 'x-endpoint-path': PATH };
 
-/** A payload shaped like a TwoPart message: an 8-byte big-endian length first, so it starts with NULs. */
+/** A well-formed TwoPart message of `size` bytes: header_len = size − 24, body_len 0, checksum 0, filler header. */
 function payload(size: number, fill = 0x41): Uint8Array {
   const p = new Uint8Array(size).fill(fill);
-  new DataView(p.buffer).setBigUint64(0, BigInt(Math.max(0, size - TWO_PART_PREFIX_BYTES)));
+  const v = new DataView(p.buffer);
+  v.setBigUint64(0, BigInt(Math.max(0, size - TWO_PART_PREFIX_BYTES)));
+  v.setBigUint64(8, 0n);
+  v.setBigUint64(16, 0n);
   return p;
 }
 
@@ -118,18 +121,39 @@ describe('TcpRequestDecoder', () => {
     ]);
   });
 
-  it('accepts "{}" headers, an empty headers section, and a 0.9 payload that starts with "{"', () => {
+  it('accepts "{}" headers, an empty headers section (also with a payload over 1.5 MiB), and a 0.9 payload that starts with "{"', () => {
     const json = enc.encode('{"id":1}'.padEnd(40, ' '));
-    const out = new TcpRequestDecoder().push(
-      concat(frame09(PATH, '{}', payload(24)), frame09(PATH, '', payload(300)), frame09(PATH, '', payload(70_000)), frame09(PATH, '{}', json)),
+    const out = new TcpRequestDecoder(64 * 1024 * 1024).push(
+      concat(frame09(PATH, '{}', payload(24)), frame09(PATH, '', payload(300)), frame09(PATH, '', payload(70_000)), frame09(PATH, '', payload(2_000_000)), frame09(PATH, '{}', json)),
     );
     expect(out.map((f) => [f.format, f.path, f.headers, f.payload.length])).toEqual([
       ['0.9', PATH, {}, 24],
       ['0.9', PATH, {}, 300],
       ['0.9', PATH, {}, 70_000],
+      ['0.9', PATH, {}, 2_000_000],
       ['0.9', PATH, {}, 40],
     ]);
-    expect(out[3].payload).toEqual(json);
+    expect(out[4].payload).toEqual(json);
+  });
+
+  it('answers at once a malformed frame that reads as 0.9: empty path, "{}" headers, empty payload', () => {
+    const d = new TcpRequestDecoder();
+    // What an independent checker sent: 00 00 | 00 02 | {} | 00 00 00 00. Read as 0.8 it would be the
+    // start of a 162,685-byte payload; as 0.9 it is complete, so it must not wait for more bytes.
+    const out = d.push(new Uint8Array([0, 0, 0, 2, 0x7b, 0x7d, 0, 0, 0, 0]));
+    expect(out.map((f) => [f.format, f.path, f.payload.length])).toEqual([['0.9', '', 0]]);
+    expect(d.push(encodeTcpRequest(PATH, HEADERS, payload(30))).map((f) => f.path)).toEqual([PATH]);
+  });
+
+  it('settles an ambiguous 0.8 frame split byte by byte by the connection\'s earlier 0.8 frames', () => {
+    const d = new TcpRequestDecoder();
+    const bytes = concat(encodeTcpRequestV08('generate', payload(100)), encodeTcpRequestV08('generate', payload(0x00027b7d)));
+    const out = [];
+    for (let i = 0; i < bytes.length; i++) out.push(...d.push(bytes.subarray(i, i + 1)).map((f) => [f.format, f.payload.length]));
+    expect(out).toEqual([
+      ['0.8', 100],
+      ['0.8', 0x00027b7d],
+    ]);
   });
 
   it('frames a 0.9 request whose payload is not even a TwoPart message (too short), so it can be refused', () => {
