@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll } from 'vitest';
 import { freePort, waitFor } from './servers.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -9,6 +10,13 @@ export const BIN = join(ROOT, 'bin', 'dynamo-mocker');
 export const TINY_MODEL = join(ROOT, 'test', 'fixtures', 'tiny-model');
 /** A `--import` hook that appends every module URL the process loads to $MODULE_TRACE_FILE. */
 export const MODULE_TRACE = join(ROOT, 'test', 'helpers', 'module-trace.mjs');
+
+const running = new Set<ChildProcess>();
+// A test that fails before stopping its worker must not leave the process behind: after each test
+// file, whatever is still running is killed.
+afterAll(() => {
+  for (const proc of running) proc.kill('SIGKILL');
+});
 
 export interface WorkerProcess {
   proc: ChildProcess;
@@ -51,6 +59,8 @@ export async function startWorkerProcess(args: string[], env: Record<string, str
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
