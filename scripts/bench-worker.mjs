@@ -3,7 +3,7 @@
 //  1. spawn → Endpoint record visible, for 1.4 file+TCP, 1.4 etcd+TCP and 0.6.1 etcd+NATS;
 //  2. tokens/s streamed at --speedup-ratio 0 (concurrency × max-tokens) over the TCP and the NATS
 //     request plane (1.4, etcd), and 0.6.1 for comparison.
-// Usage: node scripts/bench-worker.mjs [--runs 9] [--tput-runs 5] [--max-tokens 400] [--concurrency 256]
+// Usage: node scripts/bench-worker.mjs [--runs 9] [--tput-runs 5] [--max-tokens 400] [--concurrency 256]   (--runs 0: streaming only)
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -101,8 +101,10 @@ for (let i = 0; i < tputRuns; i++) {
 await client.close();
 
 console.log(`worker benchmark: ${runs} start-ups and ${tputRuns} streaming runs per configuration, alternated`);
-console.log('spawn → Endpoint record visible (ms):');
-for (const [name, xs] of Object.entries(startupTimes)) console.log(`  ${name.padEnd(18)} ${fmt(xs)}`);
+if (runs > 0) {
+  console.log('spawn → Endpoint record visible (ms):');
+  for (const [name, xs] of Object.entries(startupTimes)) console.log(`  ${name.padEnd(18)} ${fmt(xs)}`);
+}
 console.log(`tokens/s streamed at --speedup-ratio 0, ${concurrency} concurrent × ${maxTokens} tokens:`);
 for (const [name, xs] of Object.entries(tput)) console.log(`  ${name.padEnd(18)} ${fmt(xs)}`);
 const ratios = tput['1.4 TCP plane'].map((t, i) => t / tput['1.4 NATS plane'][i]);

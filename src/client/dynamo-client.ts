@@ -179,6 +179,7 @@ export class DynamoClient {
     const streams = await startStreamServer(xxh, env.DYN_TCP_RESPONSE_STREAM_HOST || '127.0.0.1', positive(env.DYN_TCP_RESPONSE_STREAM_PORT, 0));
     const tcp = new TcpRequestClient({
       poolSize: positive(env.DYN_TCP_POOL_SIZE, 100),
+      channelBuffer: positive(env.DYN_TCP_CHANNEL_BUFFER, 1024),
       connectTimeoutMs: positive(env.DYN_TCP_CONNECT_TIMEOUT, 5) * 1000,
       requestTimeoutMs: positive(env.DYN_TCP_REQUEST_TIMEOUT, 5) * 1000,
     });

@@ -1,10 +1,14 @@
-// Frontend side of the TCP request plane: pooled, pipelined connections; one reply per request, in order.
+// Frontend side of the TCP request plane, pooled as Dynamo's frontend does it: requests share a connection
+// (pipelined, one reply per request, in order) until it has DYN_TCP_CHANNEL_BUFFER of them unanswered;
+// only then does the pool grow, up to DYN_TCP_POOL_SIZE connections.
 import { Socket } from 'node:net';
 import { TcpResponseDecoder, encodeTcpRequest } from '../dynamo/tcp-request-codec.js';
 
 export interface TcpClientOptions {
   /** DYN_TCP_POOL_SIZE: connections per worker address at most (Dynamo's code default 100). */
   poolSize: number;
+  /** DYN_TCP_CHANNEL_BUFFER: unanswered requests a connection takes before another is opened (1024). */
+  channelBuffer: number;
   /** DYN_TCP_CONNECT_TIMEOUT, ms (code default 5 s). */
   connectTimeoutMs: number;
   /** DYN_TCP_REQUEST_TIMEOUT: how long to wait for the reply to a frame, ms (code default 5 s). */
@@ -14,7 +18,7 @@ export interface TcpClientOptions {
 interface Pending {
   resolve(reply: Uint8Array): void;
   reject(err: Error): void;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
 }
 
 class Connection {
@@ -53,7 +57,8 @@ function splitHostPort(address: string): { host: string; port: number } {
 
 export class TcpRequestClient {
   private readonly pools = new Map<string, Connection[]>();
-  private readonly opening = new Map<string, Array<Promise<Connection>>>();
+  private readonly opening = new Map<string, Promise<Connection>>();
+  private turn = 0;
 
   constructor(private readonly o: TcpClientOptions) {}
 
@@ -62,49 +67,63 @@ export class TcpRequestClient {
     return (this.pools.get(address) ?? []).filter((c) => !c.closed).length;
   }
 
-  /**
-   * Sends one 0.9+ frame and resolves with the worker's reply (empty = ACK). A connection is reused
-   * when one is idle; otherwise a new one opens until the pool is full, after which requests are
-   * pipelined on the least busy connection.
-   */
+  /** Sends one 0.9+ frame and resolves with the worker's reply (empty = ACK). */
   async send(address: string, path: string, headers: Record<string, string>, payload: Uint8Array): Promise<Uint8Array> {
     return this.sendFrame(address, encodeTcpRequest(path, headers, payload));
   }
 
   /** Sends arbitrary bytes as one request on a connection and waits for one reply. */
-  async sendFrame(address: string, frame: Uint8Array): Promise<Uint8Array> {
-    const conn = await this.pick(address);
+  sendFrame(address: string, frame: Uint8Array): Promise<Uint8Array> {
     return new Promise<Uint8Array>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`TCP request to ${address} timed out after ${this.o.requestTimeoutMs} ms`));
-        conn.socket.destroy();
-      }, this.o.requestTimeoutMs);
-      conn.pending.push({ resolve, reject, timer });
-      conn.socket.write(frame);
+      const entry: Pending = { resolve, reject, timer: undefined };
+      this.dispatch(address, frame, entry).catch(reject);
     });
   }
 
-  private async pick(address: string): Promise<Connection> {
+  /**
+   * Picks a connection and, in the same synchronous step, counts the request on it and writes the
+   * frame, so concurrent callers see each other's load and replies match requests in order.
+   */
+  private async dispatch(address: string, frame: Uint8Array, entry: Pending): Promise<void> {
     let pool = this.pools.get(address);
     if (!pool) this.pools.set(address, (pool = []));
-    for (let i = pool.length - 1; i >= 0; i--) if (pool[i].closed) pool.splice(i, 1);
-    const idle = pool.find((c) => c.pending.length === 0);
-    if (idle) return idle;
-    let opening = this.opening.get(address);
-    if (!opening) this.opening.set(address, (opening = []));
-    if (pool.length + opening.length < this.o.poolSize) {
-      const list = opening;
-      const ready: Promise<Connection> = this.open(address)
-        .then((conn) => {
-          pool.push(conn);
-          return conn;
-        })
-        .finally(() => list.splice(list.indexOf(ready), 1));
-      list.push(ready);
-      return ready;
+    const send = (conn: Connection): void => {
+      entry.timer = setTimeout(() => {
+        entry.reject(new Error(`TCP request to ${address} timed out after ${this.o.requestTimeoutMs} ms`));
+        conn.socket.destroy();
+      }, this.o.requestTimeoutMs);
+      conn.pending.push(entry);
+      conn.socket.write(frame);
+    };
+    for (;;) {
+      for (let i = pool.length - 1; i >= 0; i--) if (pool[i].closed) pool.splice(i, 1);
+      // Round-robin over the connections that still have room, as Dynamo's HostPool does.
+      const start = this.turn++;
+      for (let i = 0; i < pool.length; i++) {
+        const conn = pool[(start + i) % pool.length];
+        if (conn.pending.length < this.o.channelBuffer) return send(conn);
+      }
+      if (pool.length >= this.o.poolSize && pool.length > 0) {
+        return send(pool.reduce((a, b) => (b.pending.length < a.pending.length ? b : a)));
+      }
+      // One connection opens at a time; whoever waited for it looks again once it is there.
+      const opening = this.opening.get(address);
+      if (opening) {
+        await opening.catch(() => {});
+        continue;
+      }
+      const list = pool;
+      const ready = this.open(address).then((conn) => {
+        list.push(conn);
+        return conn;
+      });
+      this.opening.set(address, ready);
+      try {
+        await ready;
+      } finally {
+        this.opening.delete(address);
+      }
     }
-    if (pool.length === 0) return opening[0];
-    return pool.reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
   }
 
   private open(address: string): Promise<Connection> {

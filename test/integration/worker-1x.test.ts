@@ -198,12 +198,13 @@ describe('Dynamo 1.4, file discovery + TCP: no NATS, no etcd', () => {
   });
 
   it('pipelines many requests on one connection, and spreads them over a pool of connections', async () => {
-    const s = await start(combo, 'pipe', dead, ['--speedup-ratio', '0'], {}, { DYN_TCP_POOL_SIZE: '1' });
+    const s = await start(combo, 'pipe', dead, ['--speedup-ratio', '0']);
     if (s.inst.transport.kind !== 'tcp') throw new Error('expected a TCP instance');
     const one = await Promise.all(Array.from({ length: 40 }, (_, i) => s.client.generate(s.inst, { tokenIds: prompt(8, i), maxTokens: 10 })));
     expect(s.client.tcp.connections(s.inst.transport.address)).toBe(1);
     expect((await Promise.all(one.map((h) => h.stream.done))).every((r) => r.tokenIds.length === 10)).toBe(true);
-    const pooled = await DynamoClient.connect({ discovery: 'file', fileRoot: s.root!, env: { DYN_TCP_POOL_SIZE: '8' } });
+    // Dynamo's frontend opens another connection only once every one has DYN_TCP_CHANNEL_BUFFER requests unanswered.
+    const pooled = await DynamoClient.connect({ discovery: 'file', fileRoot: s.root!, env: { DYN_TCP_POOL_SIZE: '8', DYN_TCP_CHANNEL_BUFFER: '4' } });
     const many = await Promise.all(Array.from({ length: 40 }, (_, i) => pooled.generate(s.inst, { tokenIds: prompt(8, i), maxTokens: 10 })));
     expect(pooled.tcp.connections(s.inst.transport.address)).toBeGreaterThan(1);
     expect((await Promise.all(many.map((h) => h.stream.done))).every((r) => r.tokenIds.length === 10)).toBe(true);
