@@ -12,7 +12,6 @@ import type { TcpRequestPlane } from './adapters/tcp-request-plane.js';
 import { RealClock } from './clock/clock.js';
 import type { WorkerConfig } from './config.js';
 import { Engine, type ModelLimits } from './core/engine.js';
-import type { PassResult } from './core/scheduler.js';
 import type { Transport } from './dynamo/discovery-records.js';
 import { generationOf, type Generation } from './dynamo/generation.js';
 import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
@@ -21,8 +20,8 @@ import { kvEventStreamName, kvMetricsSubject, leaseHex, requestSubject, serviceN
 import { EngineLoop } from './engine/engine-loop.js';
 import { createBlake3Hex, createXxh3, type Xxh3Hasher } from './hashing/xxh3.js';
 import { HealthState } from './metrics/health.js';
-import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver } from './metrics/request-metrics.js';
-import { ConnectionError } from './adapters/connection-error.js';
+import { NO_REQUEST_METRICS, type RequestMetrics } from './metrics/request-metrics.js';
+import type { WorkerMetrics } from './metrics/worker-metrics.js';
 import { checkedFiles } from './model/card-files.js';
 import { cardLocations } from './model/card-locations.js';
 import { DEFAULT_VOCAB_SIZE, readModelInfo } from './model/model-info.js';
@@ -42,17 +41,7 @@ export interface StopOutcome {
   failed: boolean;
 }
 
-export interface RunningWorker {
-  readonly instanceId: bigint;
-  readonly engine: Engine;
-  readonly loop: EngineLoop;
-  readonly queues: PQueue[];
-}
-
 export interface RunningWorkers {
-  readonly workers: readonly RunningWorker[];
-  /** The system status server's bound address, when it runs. */
-  readonly statusAddress: { host: string; port: number } | null;
   /**
    * Stops every worker: stop taking requests, let in-flight ones finish within the grace period
    * (DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT), deregister, close the connections. Idempotent.
@@ -60,13 +49,6 @@ export interface RunningWorkers {
   stop(reason: string): Promise<StopOutcome>;
   /** Settles once the workers have stopped, when asked to or because a registration was lost. */
   readonly stopped: Promise<StopOutcome>;
-}
-
-/** Per-worker metrics, from prom-client when the system server runs. */
-interface WorkerMetrics {
-  request: RequestMetrics;
-  observe?: (rank: number, arrivalMs: number) => RequestObserver;
-  remove(): void;
 }
 
 /** What every worker of the process shares. */
@@ -169,7 +151,19 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
 
     // 3. Metrics and the system status server (only when DYN_SYSTEM_PORT asks for it).
     const histogramMaxLen = config.engine.maxModelLen ?? (info.contextLength || 32768);
-    const metrics = config.system.enabled ? await startMetrics(config, health, startedAt, histogramMaxLen, log) : null;
+    const metrics = config.system.enabled
+      ? await (await import('./metrics/worker-metrics.js')).startWorkerMetrics({
+          system: config.system,
+          endpoint: config.endpoint,
+          model: config.modelName,
+          // Dynamo 1.x: /metadata (Kubernetes only) and the self-hosted card files.
+          metadataRoutes: config.dynamoVersion === '1.4',
+          health,
+          startedAt,
+          histogramMaxLen,
+          log,
+        })
+      : null;
     if (metrics) closers.push(() => metrics.server.close());
 
     const slug = slugify(config.modelName);
@@ -211,8 +205,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       const plane = await TcpRequestPlane.listen({
         settings: config.tcp,
         log,
-        unrouted: (payload, message) =>
-          void refuseUnrouted(payload, message.startsWith('Invalid') ? 'invalid_message' : 'generate', message, { xxh, metrics: unrouted(), log, openSink }),
+        unrouted: (payload, fault) => void refuseUnrouted(payload, fault, { xxh, metrics: unrouted(), log, openSink }),
         framingError: () => unrouted().error('invalid_message'),
       });
       tcp = plane;
@@ -264,14 +257,14 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       `${workers.length} worker(s) serving ${config.modelName} over ${config.requestPlane} with ${config.discovery.backend} discovery ` +
         `(Dynamo ${config.dynamoVersion}) in ${(performance.now() - startedAt).toFixed(0)} ms`,
     );
-    return { workers, statusAddress: metrics?.server.address ?? null, stop: (reason) => stop(reason), stopped };
+    return { stop: (reason) => stop(reason), stopped };
   } catch (err) {
     await closeAll();
     throw err;
   }
 }
 
-interface StartedWorker extends RunningWorker {
+interface StartedWorker {
   stop(): Promise<void>;
 }
 
@@ -287,7 +280,18 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
   const engine = new Engine(config.engine, shell.timing, shell.xxh, shell.model);
   const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
   const metrics = shell.metricsFor(hex, engine, queues);
-  const events = generation.jetstreamEvents ? await jetstreamEvents(shell, id, engine, queues, log) : null;
+  const events = generation.jetstreamEvents
+    ? (await import('./adapters/nats-event-plane.js')).jetstreamEventHooks({
+        nats: shell.nats!,
+        kvSubject: shell.kvStream === null ? null : `${shell.kvStream}.queue`,
+        loadSubject: kvMetricsSubject(config.endpoint.namespace),
+        workerId: id,
+        engine,
+        queues,
+        totalSlots: config.engine.maxNumSeqs,
+        log,
+      })
+    : null;
   const loop = new EngineLoop(engine, new RealClock(), events ?? {});
   loop.start();
   const server = new RequestServer({
@@ -355,94 +359,5 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     await stop();
     throw err;
   }
-  return { instanceId: id, engine, loop, queues, stop };
-}
-
-/** 0.6.x: KV events on the JetStream stream and LoadEvents on core NATS, per DP rank. */
-async function jetstreamEvents(shell: Shell, id: bigint, engine: Engine, queues: PQueue[], log: Logger) {
-  const { KvEventPublisher, LoadPublisher } = await import('./adapters/nats-event-plane.js');
-  const nats = shell.nats!;
-  const { config } = shell;
-  const kv = shell.kvStream !== null ? new KvEventPublisher(nats, `${shell.kvStream}.queue`, id, log) : null;
-  const load = new LoadPublisher(
-    nats,
-    kvMetricsSubject(config.endpoint.namespace),
-    id,
-    (rank) => {
-      const s = engine.ranks[rank].snapshot();
-      return {
-        dpRank: rank,
-        activeSlots: s.running,
-        totalSlots: config.engine.maxNumSeqs,
-        waiting: s.waiting + queues[rank].size,
-        activeBlocks: s.activeBlocks,
-        totalBlocks: s.totalBlocks,
-        prefixHitRate: s.prefixHitRate,
-      };
-    },
-    engine.ranks.length,
-  );
-  queues.forEach((queue, rank) => {
-    queue.on('add', () => load.changed(rank));
-    queue.on('next', () => load.changed(rank));
-    load.publishNow(rank);
-  });
-  return {
-    onPassStart: (rank: number, result: PassResult) => {
-      if (kv && result.kvEvents.length) kv.publish(result.kvEvents);
-      load.changed(rank);
-    },
-    onPassEnd: (rank: number) => load.changed(rank),
-    stop: async () => {
-      load.stop();
-      await kv?.flush();
-    },
-  };
-}
-
-/** prom-client, the process registry and the status server; loaded only when the server runs. */
-async function startMetrics(config: WorkerConfig, health: HealthState, startedAt: number, histogramMaxLen: number, log: Logger) {
-  const [{ createMetricsRegistry }, { WorkHandlerMetrics }, { EngineMetrics }, { startStatusServer }] = await Promise.all([
-    import('./metrics/runtime-metrics.js'),
-    import('./metrics/work-handler-metrics.js'),
-    import('./metrics/engine-metrics.js'),
-    import('./metrics/status-server.js'),
-  ]);
-  const { registry } = createMetricsRegistry();
-  const files = new Map<string, Uint8Array>();
-  const v1 = config.dynamoVersion === '1.4';
-  const server = await startStatusServer({
-    host: config.system.host,
-    port: config.system.port,
-    healthPath: config.system.healthPath,
-    livePath: config.system.livePath,
-    registry,
-    health: () => health.status(),
-    startedAt,
-    routes: v1
-      ? (path) => {
-          // Dynamo 1.x: /metadata has data only with Kubernetes discovery; card files are self-hosted.
-          if (path === '/metadata') return { status: 404, type: 'text/plain; charset=utf-8', body: 'Discovery metadata not available' };
-          if (!path.startsWith('/v1/metadata/')) return undefined;
-          const bytes = files.get(path);
-          return bytes ? { status: 200, type: 'application/octet-stream', body: bytes } : { status: 404, type: 'text/plain; charset=utf-8', body: 'Not found' };
-        }
-      : undefined,
-  }).catch((err: NodeJS.ErrnoException) => {
-    throw new ConnectionError(`cannot serve the system status server on ${config.system.host}:${config.system.port} (DYN_SYSTEM_HOST/DYN_SYSTEM_PORT): ${err.code ?? err.message}`);
-  });
-  log.info(`system status server listening on ${server.address.host}:${server.address.port}`);
-  const { namespace, component, endpoint } = config.endpoint;
-  return {
-    server,
-    serveFiles(served: ReadonlyMap<string, Uint8Array>) {
-      for (const [path, bytes] of served) files.set(path, bytes);
-    },
-    forWorker(workerId: string, engine: Engine | null, queues: PQueue[]): WorkerMetrics {
-      const request = WorkHandlerMetrics.forWorker(registry, { namespace, component, endpoint, model: config.modelName, workerId });
-      if (engine === null) return { request, remove() {} };
-      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: config.modelName, workerId }, histogramMaxLen);
-      return { request, observe: (rank, arrivalMs) => em.request(rank, arrivalMs), remove: () => em.remove() };
-    },
-  };
+  return { stop };
 }

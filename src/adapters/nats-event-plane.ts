@@ -1,8 +1,12 @@
 // The 0.6.x event plane over NATS: KV events on the component's JetStream stream, LoadEvents on core NATS.
 import type { JetStreamClient, NatsConnection } from 'nats';
+import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import type { Engine } from '../core/engine.js';
+import type { PassResult } from '../core/scheduler.js';
 import type { KvEvent } from '../core/types.js';
 import { loadEventJson, routerEventJson, type RankLoad } from '../dynamo/event-messages.js';
+import type { EngineLoopHooks } from '../engine/engine-loop.js';
 
 /** Creates the stream if absent: subjects `{stream}.*`, `max_age` in seconds (DYN_NATS_STREAM_MAX_AGE). */
 export async function ensureKvEventStream(nc: NatsConnection, stream: string, maxAgeS: number): Promise<void> {
@@ -108,4 +112,58 @@ export class LoadPublisher {
       this.timers[r] = null;
     }
   }
+}
+
+export interface JetStreamEventOptions {
+  nats: NatsConnection;
+  /** The KV-event subject (`{stream}.queue`), or null when prefix caching is off (nothing to publish). */
+  kvSubject: string | null;
+  /** `namespace.{ns}.kv_metrics`. */
+  loadSubject: string;
+  workerId: bigint;
+  engine: Engine;
+  /** One admission queue per DP rank: its waiting requests count as waiting load. */
+  queues: PQueue[];
+  /** --max-num-seqs, reported as request_total_slots. */
+  totalSlots: number;
+  log: Logger;
+}
+
+/** One worker's 0.6.x events as engine-loop hooks: KV events at each pass start, load on every change. */
+export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks & { stop(): Promise<void> } {
+  const kv = o.kvSubject !== null ? new KvEventPublisher(o.nats, o.kvSubject, o.workerId, o.log) : null;
+  const load = new LoadPublisher(
+    o.nats,
+    o.loadSubject,
+    o.workerId,
+    (rank) => {
+      const s = o.engine.ranks[rank].snapshot();
+      return {
+        dpRank: rank,
+        activeSlots: s.running,
+        totalSlots: o.totalSlots,
+        waiting: s.waiting + o.queues[rank].size,
+        activeBlocks: s.activeBlocks,
+        totalBlocks: s.totalBlocks,
+        prefixHitRate: s.prefixHitRate,
+      };
+    },
+    o.engine.ranks.length,
+  );
+  o.queues.forEach((queue, rank) => {
+    queue.on('add', () => load.changed(rank));
+    queue.on('next', () => load.changed(rank));
+    load.publishNow(rank);
+  });
+  return {
+    onPassStart: (rank: number, result: PassResult) => {
+      if (kv && result.kvEvents.length) kv.publish(result.kvEvents);
+      load.changed(rank);
+    },
+    onPassEnd: (rank: number) => load.changed(rank),
+    stop: async () => {
+      load.stop();
+      await kv?.flush();
+    },
+  };
 }

@@ -22,7 +22,7 @@ export interface TcpRequestPlaneOptions {
   settings: TcpServerSettings;
   log: Logger;
   /** A request whose path names no endpoint served here: refuse it on its stream if it can be read. */
-  unrouted(payload: Uint8Array, message: string): void;
+  unrouted(payload: Uint8Array, fault: TransportFault): void;
   /** A connection closed because its bytes cannot be framed. */
   framingError(message: string): void;
 }
@@ -111,9 +111,9 @@ export class TcpRequestPlane {
   }
 
   private dispatch(path: string | null, payload: Uint8Array): void {
-    if (path === null) return this.o.unrouted(payload, 'Invalid endpoint path: not valid UTF-8');
+    if (path === null) return this.o.unrouted(payload, { type: 'invalid_message', message: 'Invalid endpoint path: not valid UTF-8' });
     const route = this.routes.get(path);
-    if (!route) return this.o.unrouted(payload, `unknown endpoint ${JSON.stringify(path)}`);
+    if (!route) return this.o.unrouted(payload, { type: 'generate', message: `unknown endpoint ${JSON.stringify(path)}` });
     const fault = this.inflight >= this.capacity ? { type: 'generate' as const, message: 'Server overloaded: worker at capacity' } : null;
     this.inflight++;
     void route.handle(payload, fault).finally(() => this.inflight--);

@@ -1,7 +1,6 @@
 // The ModelDeploymentCard, serialized field for field as Dynamo 0.6.x and 1.4 write it, and 0.6.0's object-store upload.
 import { basename } from 'node:path';
 import type { NatsConnection } from 'nats';
-import type { EndpointId } from '../config.js';
 import type { CheckedCardFile } from '../model/card-files.js';
 import { CARD_FILE_NAMES, type CardFileKind } from '../model/resolve-model.js';
 import { stringifyJson } from './lossless-json.js';

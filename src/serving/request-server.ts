@@ -100,13 +100,12 @@ export function decodeRequestFrame(payload: Uint8Array, xxh: Xxh3Seed0, metrics:
 }
 
 /**
- * Refuses a request that reached no worker (an unknown or unreadable endpoint path): the error is
- * counted as `type` and, when the frame names its caller, told on the request's stream.
+ * Refuses a request that reached no worker (an unknown or unreadable endpoint path): the fault is
+ * counted and, when the frame names its caller, told on the request's stream.
  */
 export async function refuseUnrouted(
   payload: Uint8Array,
-  type: WorkErrorType,
-  message: string,
+  { type, message }: TransportFault,
   o: Pick<RequestServerOptions, 'xxh' | 'metrics' | 'log' | 'openSink'>,
 ): Promise<void> {
   o.metrics.error(type);

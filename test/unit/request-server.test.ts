@@ -237,7 +237,7 @@ describe('RequestServer', () => {
   it('refuseUnrouted tells the caller why on its stream and counts the error', async () => {
     const h = harness();
     const sinks: MemorySink[] = [];
-    await refuseUnrouted(payload({ tokenIds: [1], maxTokens: 1 }), 'generate', 'unknown endpoint "abc/generate"', {
+    await refuseUnrouted(payload({ tokenIds: [1], maxTokens: 1 }), { type: 'generate', message: 'unknown endpoint "abc/generate"' }, {
       xxh,
       metrics: h.metrics,
       log: silent,
@@ -250,7 +250,7 @@ describe('RequestServer', () => {
     expect(sinks[0].shape).toEqual(['prologue error', 'end']);
     expect(sinks[0].prologueError).toBe('unknown endpoint "abc/generate"');
     expect(h.metrics.errors).toEqual(['generate']);
-    await refuseUnrouted(new Uint8Array(3), 'invalid_message', 'Invalid endpoint path', { xxh, metrics: h.metrics, log: silent, openSink: async () => expect.unreachable() });
+    await refuseUnrouted(new Uint8Array(3), { type: 'invalid_message', message: 'Invalid endpoint path' }, { xxh, metrics: h.metrics, log: silent, openSink: async () => expect.unreachable() });
     expect(h.metrics.errors).toEqual(['generate', 'invalid_message']);
   });
 });

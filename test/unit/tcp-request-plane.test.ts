@@ -40,7 +40,7 @@ async function plane(settings: Partial<typeof TCP_SERVER_DEFAULTS> = {}) {
   const p = await TcpRequestPlane.listen({
     settings: { ...TCP_SERVER_DEFAULTS, host: '127.0.0.1', ...settings },
     log,
-    unrouted: (payload, message) => unrouted.push(`${new TextDecoder().decode(payload)}: ${message}`),
+    unrouted: (payload, fault) => unrouted.push(`${new TextDecoder().decode(payload)}: ${fault.message} (${fault.type})`),
     framingError: (message) => framing.push(message),
   });
   planes.push(p);
@@ -106,9 +106,9 @@ describe('TcpRequestPlane', () => {
     await waitFor(() => c.replies.length === 3, { message: '3 ACKs' });
     expect(c.replies).toEqual(['', '', '']);
     expect(unrouted.map((u) => u.replace(/\.+:/, ':'))).toEqual([
-      'lost: unknown endpoint "other/generate"',
-      'empty: unknown endpoint ""',
-      'utf8: Invalid endpoint path: not valid UTF-8',
+      'lost: unknown endpoint "other/generate" (generate)',
+      'empty: unknown endpoint "" (generate)',
+      'utf8: Invalid endpoint path: not valid UTF-8 (invalid_message)',
     ]);
     c.socket.destroy();
   });
