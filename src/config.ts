@@ -152,6 +152,12 @@ export interface WorkerConfig {
   /** Only used with the TCP request plane. */
   tcp: TcpServerSettings;
   eventPlane: EventPlaneKind;
+  /** DYN_EVENT_PLANE_HOST: the IP ZMQ publishers bind and advertise; null = all interfaces, advertised as the local IP. */
+  eventPlaneHost: string | null;
+  /** --zmq-kv-events-ports: per worker, the base port of vLLM's own KV-event PUB (rank r on base + r). */
+  zmqKvEventsPorts: number[] | null;
+  /** --zmq-replay-ports: per worker, the base port of the replay ROUTER. */
+  zmqReplayPorts: number[] | null;
   system: SystemServerSettings;
   gracefulShutdownMs: number;
   natsStreamMaxAgeS: number;
@@ -531,6 +537,24 @@ function envBool(env: Env, name: string, fallback: boolean): boolean {
   throw new ConfigError(name, `must be a boolean (true/false, 1/0, yes/no, on/off), got '${env[name]}'`);
 }
 
+/** A comma-separated port list with one base port per worker (Dynamo's --zmq-*-ports). */
+function portList(raw: RawOptions, key: string, numWorkers: number): number[] | null {
+  if (raw[key] === undefined) return null;
+  const flag = flagOf(key);
+  const ports = asString(flag, raw[key]).split(',').map((p) => parseInteger(flag, p.trim(), 1, 65535));
+  if (ports.length !== numWorkers) throw new ConfigError(flag, `must list one base port per worker (${numWorkers} with --num-workers), got ${ports.length}`);
+  return ports;
+}
+
+/** An IP literal from the environment (peers parse advertised addresses as socket addresses). */
+function envIp(env: Env, name: string): string | null {
+  const raw = nonEmpty(env[name]);
+  if (raw === undefined) return null;
+  const ip = raw.replace(/^\[(.*)\]$/, '$1');
+  if (isIP(ip) === 0) throw new ConfigError(name, `must be an IP address, got '${raw}'`);
+  return ip;
+}
+
 /** DYN_LOG is a tracing filter such as `debug,dynamo_runtime=trace`; its first bare level wins. */
 export function levelFromDynLog(value: string | undefined): string {
   for (const part of (value ?? '').split(',')) {
@@ -563,6 +587,15 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const warnings: string[] = [];
   const system = systemServerSettings(env, dynamoVersion, warnings);
   const tcp = planes.requestPlane === 'tcp' ? tcpServerSettings(env) : tcpServerSettings({});
+  const zmqEvents = dynamoVersion === '1.4' && planes.eventPlane === 'zmq';
+  if (zmqEvents && (nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined || TRUTHY.has((env.DYN_ZMQ_BROKER_ENABLED ?? '').trim().toLowerCase()))) {
+    const name = nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined ? 'DYN_ZMQ_BROKER_URL' : 'DYN_ZMQ_BROKER_ENABLED';
+    throw new ConfigError(name, 'ZMQ broker mode is not supported: publishers bind their own PUB sockets (unset it, or use DYN_EVENT_PLANE=nats)');
+  }
+  const zmqKvEventsPorts = portList(raw, 'zmqKvEventsPorts', numWorkers);
+  const zmqReplayPorts = portList(raw, 'zmqReplayPorts', numWorkers);
+  if (zmqReplayPorts && !zmqKvEventsPorts) throw new ConfigError('--zmq-replay-ports', 'needs --zmq-kv-events-ports (it replays that stream)');
+  if (zmqKvEventsPorts && !engine.enablePrefixCaching) throw new ConfigError('--zmq-kv-events-ports', 'needs prefix caching (without it no KV events exist)');
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   return {
@@ -575,6 +608,9 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     dynamoVersion,
     ...planes,
     tcp,
+    eventPlaneHost: zmqEvents ? envIp(env, 'DYN_EVENT_PLANE_HOST') : null,
+    zmqKvEventsPorts,
+    zmqReplayPorts,
     system,
     gracefulShutdownMs: graceS * 1000,
     natsStreamMaxAgeS,

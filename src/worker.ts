@@ -17,7 +17,8 @@ import { generationOf, type Generation } from './dynamo/generation.js';
 import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
 import type { CardFile } from './dynamo/model-card.js';
 import { kvEventStreamName, kvMetricsSubject, leaseHex, requestSubject, serviceName, slugify, tcpRoutingKey } from './dynamo/names.js';
-import { EngineLoop } from './engine/engine-loop.js';
+import { EngineLoop, combineHooks } from './engine/engine-loop.js';
+import type { EventTransport } from './adapters/event-plane.js';
 import { createBlake3Hex, createXxh3, type Xxh3Hasher } from './hashing/xxh3.js';
 import { HealthState } from './metrics/health.js';
 import { NO_REQUEST_METRICS, type RequestMetrics } from './metrics/request-metrics.js';
@@ -33,6 +34,13 @@ import type { OpenSink } from './serving/response-sink.js';
 
 export interface WorkersIo {
   log: Logger;
+  /** Aborting it during start-up stops what has started and makes startWorkers reject with StartAborted. */
+  abort?: AbortSignal;
+}
+
+/** startWorkers gave up because it was asked to stop before it had finished starting. */
+export class StartAborted extends Error {
+  override name = 'StartAborted';
 }
 
 export interface StopOutcome {
@@ -67,14 +75,35 @@ interface Shell {
   openSink: OpenSink;
   metricsFor: (workerId: string, engine: Engine, queues: PQueue[]) => WorkerMetrics;
   kvStream: string | null;
+  /** 1.x: the process's event-plane transport, made when the first worker's publishers start. */
+  eventTransport: () => Promise<EventTransport>;
   onLost: (reason: string) => void;
 }
 
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Waits `ms`, or less if `abort` fires first. */
+const delay = (ms: number, abort?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(done, ms);
+    abort?.addEventListener('abort', done, { once: true });
+    function done(): void {
+      clearTimeout(timer);
+      abort?.removeEventListener('abort', done);
+      resolve();
+    }
+  });
+
+/** `make` runs once, on the first call. */
+function memo<T>(make: () => Promise<T>): () => Promise<T> {
+  let made: Promise<T> | null = null;
+  return () => (made ??= make());
+}
 
 export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise<RunningWorkers> {
-  const { log } = io;
+  const { log, abort } = io;
   const startedAt = performance.now();
+  const checkAbort = (): void => {
+    if (abort?.aborted) throw new StartAborted(`stopped while starting (${String(abort.reason ?? 'aborted')})`);
+  };
   for (const warning of config.warnings) log.warn(warning);
   const generation = generationOf(config.dynamoVersion, config.deviceType);
   // Undone in reverse order on stop, or when start-up fails half-way.
@@ -102,7 +131,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     // 1. Connections and the model at once: the handshakes overlap with reading and hashing the
     //    model's files, and an unreachable server still fails within seconds (the first failure ends
     //    the start, without waiting for a model download).
-    const needsNats = config.requestPlane === 'nats' || generation.jetstreamEvents;
+    const needsNats = config.requestPlane === 'nats' || generation.events === 'jetstream' || config.eventPlane === 'nats';
     const needsEtcd = config.discovery.backend === 'etcd';
     const connecting = (async () => {
       const [nats, etcd] = await Promise.all([
@@ -138,6 +167,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       throw err;
     }
     const { nats, discovery } = connected;
+    checkAbort();
 
     // 2. The model's limits and the card every worker publishes.
     const info =
@@ -186,6 +216,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       modelContextLength: info.contextLength,
       engineContextLength,
       blockSize: config.engine.blockSize,
+      kvEvents: config.engine.enablePrefixCaching,
       runtime: {
         totalKvBlocks: config.engine.numGpuBlocks,
         maxNumSeqs: config.engine.maxNumSeqs,
@@ -213,7 +244,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       log.info(`TCP request plane listening on ${plane.address}`);
     }
     const { namespace, component } = config.endpoint;
-    const kvStream = generation.jetstreamEvents && config.engine.enablePrefixCaching ? kvEventStreamName(namespace, component) : null;
+    const kvStream = generation.events === 'jetstream' && config.engine.enablePrefixCaching ? kvEventStreamName(namespace, component) : null;
     if (kvStream) {
       const { ensureKvEventStream } = await import('./adapters/nats-event-plane.js');
       await ensureKvEventStream(nats!, kvStream, config.natsStreamMaxAgeS);
@@ -239,6 +270,11 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       metricsFor: (workerId, engine, queues) =>
         metrics?.forWorker(workerId, engine, queues) ?? { request: NO_REQUEST_METRICS, remove() {} },
       kvStream,
+      eventTransport: memo(async () =>
+        config.eventPlane === 'nats'
+          ? (await import('./adapters/event-plane.js')).natsEventTransport(nats!)
+          : (await import('./adapters/event-plane.js')).zmqEventTransport(log, config.eventPlaneHost ?? undefined),
+      ),
       onLost: (reason) => {
         lostReason ??= reason;
         void stop(`registration lost (${reason})`, true);
@@ -247,12 +283,16 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
 
     if (config.startupTimeS > 0) {
       log.info(`simulating a ${config.startupTimeS} s engine start`);
-      await delay(config.startupTimeS * 1000);
+      await delay(config.startupTimeS * 1000, abort);
     }
+    checkAbort();
     const workers: StartedWorker[] = [];
     // Workers stop together, so N of them drain within one grace period.
     closers.push(async () => void (await Promise.all(workers.map((w) => w.stop()))));
-    for (let i = 0; i < config.numWorkers && lostReason === null; i++) workers.push(await startWorker(shell, i));
+    for (let i = 0; i < config.numWorkers && lostReason === null; i++) {
+      workers.push(await startWorker(shell, i));
+      checkAbort();
+    }
     log.info(
       `${workers.length} worker(s) serving ${config.modelName} over ${config.requestPlane} with ${config.discovery.backend} discovery ` +
         `(Dynamo ${config.dynamoVersion}) in ${(performance.now() - startedAt).toFixed(0)} ms`,
@@ -280,19 +320,45 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
   const engine = new Engine(config.engine, shell.timing, shell.xxh, shell.model);
   const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
   const metrics = shell.metricsFor(hex, engine, queues);
-  const events = generation.jetstreamEvents
-    ? (await import('./adapters/nats-event-plane.js')).jetstreamEventHooks({
-        nats: shell.nats!,
-        kvSubject: shell.kvStream === null ? null : `${shell.kvStream}.queue`,
-        loadSubject: kvMetricsSubject(config.endpoint.namespace),
-        workerId: id,
-        engine,
-        queues,
-        totalSlots: config.engine.maxNumSeqs,
+  // Event outputs: 0.6.x JetStream events, or 1.x's event plane (its publishers start after
+  // registration, queuing what comes before), and vLLM's own KV-event stream when asked for.
+  const jetstream =
+    generation.events === 'jetstream'
+      ? (await import('./adapters/nats-event-plane.js')).jetstreamEventHooks({
+          nats: shell.nats!,
+          kvSubject: shell.kvStream === null ? null : `${shell.kvStream}.queue`,
+          loadSubject: kvMetricsSubject(config.endpoint.namespace),
+          workerId: id,
+          engine,
+          queues,
+          totalSlots: config.engine.maxNumSeqs,
+          log,
+        })
+      : null;
+  const vllm = config.zmqKvEventsPorts
+    ? await (await import('./adapters/vllm-kv-events.js')).VllmKvEvents.start({
+        basePort: config.zmqKvEventsPorts[index],
+        replayBasePort: config.zmqReplayPorts?.[index] ?? null,
+        ranks: engine.ranks.length,
+        blockSize: config.engine.blockSize,
         log,
       })
     : null;
-  const loop = new EngineLoop(engine, new RealClock(), events ?? {});
+  if (vllm) for (const rank of engine.ranks) rank.recordBlockTokens = true;
+  let admissionQueue: (rank: number) => Iterable<number> = () => [];
+  const planeEvents =
+    generation.events === 'event-plane'
+      ? new (await import('./adapters/worker-events.js')).WorkerEvents({
+          transport: shell.eventTransport,
+          session,
+          endpoint: ep,
+          engine,
+          kvEvents: config.engine.enablePrefixCaching,
+          admissionQueue: (rank) => admissionQueue(rank),
+          log,
+        })
+      : null;
+  const loop = new EngineLoop(engine, new RealClock(), combineHooks(jetstream, vllm?.hooks, planeEvents?.hooks));
   loop.start();
   const server = new RequestServer({
     loop,
@@ -305,6 +371,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     now: () => performance.now(),
     observe: metrics.observe,
   });
+  admissionQueue = (rank) => server.admissionQueue(rank);
 
   let stopPlane = async (): Promise<void> => {};
   let stopping: Promise<void> | null = null;
@@ -316,7 +383,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       await stopPlane();
       await server.drain(config.gracefulShutdownMs);
       await loop.stop();
-      await events?.stop();
+      await Promise.all([jetstream?.stop(), planeEvents?.stop(), vllm?.stop()]);
       metrics.remove();
       await session.close();
       log.info('worker stopped');
@@ -355,6 +422,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     });
     shell.health.setEndpoint(ep.endpoint, 'ready', hex);
     log.info({ transport }, 'worker registered and serving');
+    await planeEvents?.start();
   } catch (err) {
     await stop();
     throw err;

@@ -1,5 +1,6 @@
 // One DP rank's vLLM-v1-style scheduler: token budget, chunked prefill, admission, preemption.
 import { Deque } from './deque.js';
+import { idleForwardPass, type ForwardPassSnapshot } from './forward-pass.js';
 import type { Xxh3 } from './hash.js';
 import { BlockPool } from './kv/block-pool.js';
 import { Sequence, type SequenceInput } from './sequence.js';
@@ -30,6 +31,8 @@ export interface PassResult {
   admitted: Sequence[];
   preempted: Sequence[];
   kvEvents: KvEvent[];
+  /** Only when the scheduler collects forward-pass statistics (see `collectForwardPass`). */
+  forwardPass?: ForwardPassSnapshot;
 }
 
 export type AddResult = { ok: true; seq: Sequence } | { ok: false; reason: string };
@@ -52,6 +55,10 @@ const HIT_RATE_WINDOW = 1000;
 
 export class Scheduler {
   readonly pool: BlockPool;
+  /** Fill `PassResult.forwardPass` (Dynamo 1.x's forward-pass metrics); off by default, as it walks the waiting list. */
+  collectForwardPass = false;
+  /** Stored KV events carry each block's token ids (vLLM's own event format needs them). */
+  recordBlockTokens = false;
   private readonly running: Sequence[] = [];
   private readonly waiting = new Deque<Sequence>();
   private waitingLive = 0;
@@ -96,7 +103,7 @@ export class Scheduler {
   add(input: SequenceInput): AddResult {
     const refusal = this.refusal(input.promptLength, input.maxOutputTokens) ?? vocabularyRefusal(input);
     if (refusal !== null) return { ok: false, reason: refusal };
-    const seq = new Sequence(input, this.config.blockSize, this.hasher);
+    const seq = new Sequence(this.recordBlockTokens ? { ...input, keepTokenIds: true } : input, this.config.blockSize, this.hasher);
     if (seq.maxOutputTokens <= 0) {
       seq.status = 'finished';
       return { ok: true, seq };
@@ -216,6 +223,7 @@ export class Scheduler {
     let islSum = 0;
     let prefixSum = 0;
     let scheduledTokens = 0;
+    const fp = this.collectForwardPass ? idleForwardPass() : null;
     for (const seq of scheduled) {
       const tokens = seq.passTokens;
       if (tokens === 0) continue; // preempted after being scheduled
@@ -228,8 +236,21 @@ export class Scheduler {
         prefillTokens += promptTokens;
         islSum += promptBefore + promptTokens;
         prefixSum += promptBefore;
+        if (fp) {
+          fp.scheduledPrefill.lengths.add(seq.promptLength);
+          fp.scheduledPrefill.computedTokens += tokens;
+          fp.scheduledPrefill.presentTokens += promptBefore;
+        }
+      } else if (fp) {
+        fp.scheduledDecode.add(seq.knownLength);
       }
       seq.computed += tokens;
+    }
+    if (fp) {
+      for (const seq of this.waiting) {
+        if (seq.status === 'waiting') fp.queuedPrefill.add(seq.promptLength);
+        else if (seq.status === 'preempted') fp.queuedDecode.add(seq.knownLength);
+      }
     }
 
     const emitted: Sequence[] = [];
@@ -279,6 +300,7 @@ export class Scheduler {
         : 0;
     const speedup = this.config.speedupRatio;
     const endMs = nowMs + scale(prefillMs, speedup) + scale(decodeMs, speedup * this.config.decodeSpeedupRatio);
+    if (fp) fp.wallTimeS = (endMs - nowMs) / 1000;
 
     return {
       startMs: nowMs,
@@ -294,6 +316,7 @@ export class Scheduler {
       admitted,
       preempted,
       kvEvents: this.pool.drainEvents(),
+      forwardPass: fp ?? undefined,
     };
   }
 
@@ -341,7 +364,7 @@ export class Scheduler {
       const full = Math.floor(target / blockSize);
       const from = seq.committedBlocks;
       if (full > from) {
-        this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks, seq.key);
+        this.pool.commit(seq.seqHashes, seq.localHashes, from, full, seq.blocks, seq.key, this.recordBlockTokens ? seq : undefined);
         seq.committedBlocks = full;
         seq.slots -= full - from;
       }

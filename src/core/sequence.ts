@@ -29,6 +29,8 @@ export interface SequenceInput {
    * they complete are private to this request.
    */
   privateOutput?: boolean;
+  /** Keep every token id so that a committed block's tokens can be read back (`blockTokens`). */
+  keepTokenIds?: boolean;
 }
 
 export class Sequence {
@@ -67,6 +69,9 @@ export class Sequence {
   private readonly drawsTokens: boolean;
   /** Output never completes a shareable block: it follows a private block or is private itself. */
   private readonly outputPrivate: boolean;
+  /** With `keepTokenIds`: the prompt as given and the generated ids after it. */
+  private readonly promptTokenIds: ArrayLike<number> | null;
+  private readonly outputTokenIds: number[] | null;
 
   constructor(
     input: SequenceInput,
@@ -83,6 +88,9 @@ export class Sequence {
     this.drawsTokens = input.privateOutput !== true;
     // Nothing after a private block can be shared either, so output after one is private too.
     this.outputPrivate = input.privateOutput === true || input.promptBlocks?.seq.at(-1) === PRIVATE_BLOCK_KEY;
+    const keep = input.keepTokenIds === true && input.promptTokens !== undefined;
+    this.promptTokenIds = keep ? input.promptTokens! : null;
+    this.outputTokenIds = keep ? [] : null;
     if (hasher && input.promptBlocks) {
       const { local, seq, tail } = input.promptBlocks;
       const last = seq.length ? seq[seq.length - 1] : null;
@@ -139,8 +147,19 @@ export class Sequence {
     }
   }
 
+  /** The token ids of full block `b` (only with `keepTokenIds`). */
+  blockTokens(b: number): number[] {
+    const prompt = this.promptTokenIds;
+    const output = this.outputTokenIds;
+    if (!prompt || !output) throw new Error('blockTokens needs keepTokenIds');
+    const out: number[] = [];
+    for (let i = b * this.blockSize, end = i + this.blockSize; i < end; i++) out.push(i < prompt.length ? prompt[i] : output[i - prompt.length]);
+    return out;
+  }
+
   /** Appends a generated token; hashes a block when it fills (only if hashing is on). */
   appendToken(token: number): void {
+    this.outputTokenIds?.push(token);
     this.generated++;
     this.knownLength++;
     if (!this.hasher) return;

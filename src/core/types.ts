@@ -26,6 +26,8 @@ export interface EngineConfig {
 export interface StoredBlock {
   blockHash: bigint;
   tokensHash: bigint;
+  /** The block's token ids, only when the scheduler records them (`recordBlockTokens`). */
+  tokens?: number[];
 }
 
 export type KvEventData =

@@ -16,6 +16,8 @@ export interface CardInput {
   engineContextLength: number | null;
   blockSize: number;
   runtime: { totalKvBlocks: number; maxNumSeqs: number; maxNumBatchedTokens: number | null; dataParallelSize: number };
+  /** Whether the worker publishes KV events (prefix caching on). */
+  kvEvents: boolean;
 }
 
 export interface Generation {
@@ -24,8 +26,11 @@ export interface Generation {
   runtimeVersion: string;
   /** Whether the call-home stream ends with the sentinel after the frontend's stop or kill. */
   sentinelAfterStop: boolean;
-  /** Whether KV events and load go out as 0.6.x JetStream RouterEvents and core-NATS LoadEvents. */
-  jetstreamEvents: boolean;
+  /**
+   * How KV events and load go out: 0.6.x JetStream RouterEvents and core-NATS LoadEvents, or 1.x's
+   * event plane (msgpack envelopes on NATS or ZMQ, publisher records, ActiveLoad, forward-pass metrics).
+   */
+  events: 'jetstream' | 'event-plane';
   /** Where card files are published: local paths, the NATS object store (0.6.0), or the 1.x rules. */
   cardFiles: 'local-paths' | 'object-store' | 'v1';
   card(input: CardInput): string;
@@ -42,7 +47,7 @@ function legacy(version: '0.6.0' | '0.6.1'): Generation {
     version,
     runtimeVersion: version,
     sentinelAfterStop: true,
-    jetstreamEvents: true,
+    events: 'jetstream',
     cardFiles: version === '0.6.0' ? 'object-store' : 'local-paths',
     card: (c) =>
       buildModelCard({ displayName: c.displayName, files: c.files, contextLength: c.modelContextLength, blockSize: c.blockSize, runtime: c.runtime }),
@@ -63,7 +68,7 @@ function v14(deviceType: 'cpu' | 'cuda'): Generation {
     // The newest 1.4 release, whose wire this generation speaks.
     runtimeVersion: '1.4.2',
     sentinelAfterStop: false,
-    jetstreamEvents: false,
+    events: 'event-plane',
     cardFiles: 'v1',
     card: (c) =>
       buildModelCard1x({
@@ -74,8 +79,9 @@ function v14(deviceType: 'cpu' | 'cuda'): Generation {
         runtimeContextLength: c.engineContextLength,
         blockSize: c.blockSize,
         runtime: c.runtime,
-        // No worker_kv_indexer_query endpoint is served, so routers must not count on one.
+        // No KV recovery endpoint is served, so routers must not count on one.
         enableLocalIndexer: false,
+        kvEventPublishingEnabled: c.kvEvents,
       }),
     modelRecord,
     endpointRecord: (ep, id, transport) => endpointRecord(ep, id, transport, deviceType),

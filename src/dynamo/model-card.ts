@@ -69,8 +69,10 @@ export interface ModelCard1xInput {
   blockSize: number;
   migrationLimit?: number;
   runtime: { totalKvBlocks: number; maxNumSeqs: number; maxNumBatchedTokens: number | null; dataParallelSize: number };
-  /** Whether the router may query this worker's KV indexer (it serves no recovery endpoint yet). */
+  /** Whether the router may query this worker's KV indexer (it serves no recovery endpoint). */
   enableLocalIndexer: boolean;
+  /** Whether KV events are published (routers check it before waiting for this worker's events). */
+  kvEventPublishingEnabled: boolean;
 }
 
 /**
@@ -123,6 +125,7 @@ export function buildModelCard1x(input: ModelCard1xInput): string {
       data_parallel_start_rank: 0,
       data_parallel_size: input.runtime.dataParallelSize,
       enable_local_indexer: input.enableLocalIndexer,
+      kv_event_publishing_enabled: input.kvEventPublishingEnabled,
       enable_eagle: false,
     },
     media_decoder: null,

@@ -16,6 +16,19 @@ export interface EngineLoopHooks {
   onPassEnd?(rank: number, result: PassResult): void;
 }
 
+/** One set of hooks that calls each of `all` in turn. */
+export function combineHooks(...all: Array<EngineLoopHooks | null | undefined>): EngineLoopHooks {
+  const hooks = all.filter((h): h is EngineLoopHooks => !!h);
+  return {
+    onPassStart: (rank, result) => {
+      for (const h of hooks) h.onPassStart?.(rank, result);
+    },
+    onPassEnd: (rank, result) => {
+      for (const h of hooks) h.onPassEnd?.(rank, result);
+    },
+  };
+}
+
 /** Delivery overhead up to this much is absorbed instead of delaying the next pass. */
 const CATCH_UP_MS = 5;
 

@@ -124,8 +124,17 @@ export async function refuseUnrouted(
 export class RequestServer {
   private readonly inflight = new Set<Promise<void>>();
   private readonly shutdown = new AbortController();
+  /** Accepted requests waiting for an admission slot, per DP rank. */
+  private readonly waitingForSlot: Array<Set<ActiveRequest>>;
 
-  constructor(private readonly o: RequestServerOptions) {}
+  constructor(private readonly o: RequestServerOptions) {
+    this.waitingForSlot = o.queues.map(() => new Set());
+  }
+
+  /** Prompt lengths of the requests waiting for an admission slot on `rank` (queued prefill work). */
+  *admissionQueue(rank: number): Iterable<number> {
+    for (const r of this.waitingForSlot[rank]) yield r.promptLength;
+  }
 
   /** Requests between their arrival and their last frame. */
   get inflightCount(): number {
@@ -207,6 +216,7 @@ export class RequestServer {
         sink,
         tracker,
         server: o,
+        waiting: this.waitingForSlot[rank],
         shutdown: this.shutdown.signal,
         observer: o.observe?.(rank, arrivalMs),
       });
@@ -226,6 +236,8 @@ interface ActiveRequestInit {
   sink: ResponseSink;
   tracker: RequestTracker;
   server: RequestServerOptions;
+  /** Where the request waits for an admission slot (it leaves once admitted or cancelled). */
+  waiting: Set<ActiveRequest>;
   shutdown: AbortSignal;
   observer: RequestObserver | undefined;
 }
@@ -242,6 +254,7 @@ class ActiveRequest {
 
   constructor(private readonly a: ActiveRequestInit) {
     const { sink, shutdown } = a;
+    a.waiting.add(this);
     sink.onControl((msg) => this.cancel(`frontend sent ${msg}`, () => sink.endStopped()));
     sink.onPeerGone(() => this.cancel('frontend disconnected', () => sink.end()));
     const onShutdown = (): void => this.cancel('worker shutting down', () => sink.end());
@@ -249,9 +262,14 @@ class ActiveRequest {
     this.done = this.run().finally(() => shutdown.removeEventListener('abort', onShutdown));
   }
 
+  get promptLength(): number {
+    return this.a.req.tokenIds.length;
+  }
+
   private cancel(why: string, endStream: () => void): void {
     if (this.ended) return;
     this.ended = true;
+    this.a.waiting.delete(this);
     this.queued.abort();
     if (this.seq) this.a.server.loop.cancel(this.seq, this.a.rank);
     this.a.server.metrics.cancelled();
@@ -271,6 +289,7 @@ class ActiveRequest {
 
   /** Runs while the request holds an admission slot. */
   private async admitted(): Promise<void> {
+    this.a.waiting.delete(this);
     if (this.ended) return;
     const { req, rank, server } = this.a;
     const submitted = server.loop.submit(

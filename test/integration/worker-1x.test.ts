@@ -262,6 +262,17 @@ describe('Dynamo 1.4, file discovery + TCP: no NATS, no etcd', () => {
     await finish(s);
   });
 
+  it('stops at once, exit 0, when SIGTERM arrives while it is still starting', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'dyn-kv-'));
+    const w = await startWorkerProcess(['--model-path', TINY_MODEL, '--dynamo-version', '1.4', '--startup-time', '60'], { ...dead, DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: root }, { expectServing: false });
+    // The status server answers (not ready) while the engine "loads".
+    await waitFor(async () => (await w.get('/health').catch(() => ({ status: 0 }))).status === 503, { message: 'start-up under way' });
+    const t0 = performance.now();
+    expect(await w.stop()).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(3000);
+    expect(existsSync(join(root, 'v1', 'instances')) ? readdirSync(join(root, 'v1', 'instances')) : []).toEqual([]);
+  });
+
   it('refuses combinations a 0.6.x generation cannot do, naming the setting', async () => {
     const w = await startWorkerProcess(['--model-path', TINY_MODEL], { ...dead, DYN_REQUEST_PLANE: 'tcp' }, { expectServing: false });
     expect(await w.exited).toBe(2);

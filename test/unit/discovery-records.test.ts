@@ -89,6 +89,7 @@ describe('1.4 card', () => {
       blockSize: 64,
       runtime: RUNTIME,
       enableLocalIndexer: false,
+      kvEventPublishingEnabled: true,
     });
     expect(card).toBe(
       '{"display_name":"Qwen/Qwen3-0.6B","slug":"qwen_qwen3-0_6b","source_path":"Qwen/Qwen3-0.6B",' +
@@ -103,7 +104,7 @@ describe('1.4 card', () => {
         '"tool_call_parser":null,"reasoning_parser":null,"tool_call_arguments_format":"json_string",' +
         '"structural_tag_mode":"off","structural_tag_scope":"auto","structural_tag_schema":"auto",' +
         '"exclude_tools_when_tool_choice_none":true,"data_parallel_start_rank":0,"data_parallel_size":1,' +
-        '"enable_local_indexer":false,"enable_eagle":false},' +
+        '"enable_local_indexer":false,"kv_event_publishing_enabled":true,"enable_eagle":false},' +
         '"media_decoder":null,"media_fetcher":null}',
     );
   });
@@ -118,13 +119,14 @@ describe('1.4 card', () => {
       blockSize: 16,
       runtime: { ...RUNTIME, maxNumBatchedTokens: null, dataParallelSize: 2 },
       enableLocalIndexer: false,
+      kvEventPublishingEnabled: false,
     });
     expect(card).toBe(
       '{"display_name":"acme/missing","slug":"acme_missing","source_path":"acme/missing","model_info":null,"tokenizer":null,' +
         '"kv_cache_block_size":16,"migration_limit":0,"model_type":"Chat | Completions","model_input":"Tokens","worker_type":"aggregated","needs":[],' +
         '"runtime_config":{"total_kv_blocks":16384,"max_num_seqs":256,"max_num_batched_tokens":null,"tool_call_parser":null,"reasoning_parser":null,' +
         '"tool_call_arguments_format":"json_string","structural_tag_mode":"off","structural_tag_scope":"auto","structural_tag_schema":"auto",' +
-        '"exclude_tools_when_tool_choice_none":true,"data_parallel_start_rank":0,"data_parallel_size":2,"enable_local_indexer":false,"enable_eagle":false},' +
+        '"exclude_tools_when_tool_choice_none":true,"data_parallel_start_rank":0,"data_parallel_size":2,"enable_local_indexer":false,"kv_event_publishing_enabled":false,"enable_eagle":false},' +
         '"media_decoder":null,"media_fetcher":null}',
     );
   });
@@ -139,6 +141,7 @@ describe('generations', () => {
     engineContextLength: 2048,
     blockSize: 64,
     runtime: RUNTIME,
+    kvEvents: true,
   };
 
   it('0.6.1: the bare card under v1/mdc and the pretty untagged instance record with the slugified subject', () => {
@@ -149,7 +152,7 @@ describe('generations', () => {
     expect(() => g.endpointRecord(EP, ID, { tcp: 'x' })).toThrow(/no TCP request plane/);
     // The 0.6.x card keeps the model's own context length, as before.
     expect(JSON.parse(g.card(input)).context_length).toBe(4096);
-    expect(g).toMatchObject({ runtimeVersion: '0.6.1', sentinelAfterStop: true, jetstreamEvents: true, cardFiles: 'local-paths' });
+    expect(g).toMatchObject({ runtimeVersion: '0.6.1', sentinelAfterStop: true, events: 'jetstream', cardFiles: 'local-paths' });
     expect(generationOf('0.6.0', 'cuda')).toMatchObject({ runtimeVersion: '0.6.0', cardFiles: 'object-store' });
   });
 
@@ -160,8 +163,8 @@ describe('generations', () => {
     expect(g.natsTransport(EP, ID)).toBe(natsTransportSubject(EP, ID));
     const card = JSON.parse(g.card(input));
     expect(card).toMatchObject({ architectural_max_context_length: 4096, context_length: 2048, worker_type: 'aggregated', needs: [] });
-    expect(card.runtime_config).toMatchObject({ context_length: 2048, enable_local_indexer: false });
-    expect(g).toMatchObject({ runtimeVersion: '1.4.2', sentinelAfterStop: false, jetstreamEvents: false, cardFiles: 'v1' });
+    expect(card.runtime_config).toMatchObject({ context_length: 2048, enable_local_indexer: false, kv_event_publishing_enabled: true });
+    expect(g).toMatchObject({ runtimeVersion: '1.4.2', sentinelAfterStop: false, events: 'event-plane', cardFiles: 'v1' });
   });
 });
 

@@ -162,9 +162,18 @@ export class BlockPool {
   /**
    * Turns consecutive uncommitted slots into full blocks. Blocks already cached are shared (their
    * slot is given back) and announce nothing; runs of new blocks are announced as one Stored event
-   * each, with the parent being the block just before the run.
+   * each, with the parent being the block just before the run (and with each block's token ids when
+   * `tokens` gives them).
    */
-  commit(hashes: readonly bigint[], tokensHashes: readonly bigint[], from: number, to: number, out: CachedBlock[], owner = -1): void {
+  commit(
+    hashes: readonly bigint[],
+    tokensHashes: readonly bigint[],
+    from: number,
+    to: number,
+    out: CachedBlock[],
+    owner = -1,
+    tokens?: { blockTokens(b: number): number[] },
+  ): void {
     let run: StoredBlock[] | null = null;
     let runParent: bigint | null = null;
     for (let i = from; i < to; i++) {
@@ -199,7 +208,7 @@ export class BlockPool {
         run = [];
         runParent = i === 0 ? null : hashes[i - 1];
       }
-      run.push({ blockHash: hash, tokensHash: block.tokensHash });
+      run.push(tokens ? { blockHash: hash, tokensHash: block.tokensHash, tokens: tokens.blockTokens(i) } : { blockHash: hash, tokensHash: block.tokensHash });
     }
     if (run) this.emit({ kind: 'stored', parentHash: runParent, blocks: run });
   }

@@ -1,0 +1,210 @@
+// One worker's Dynamo 1.4 event plane: KV events per DP rank, ActiveLoad and forward-pass metrics, with their records.
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { EndpointId } from '../config.js';
+import type { Engine } from '../core/engine.js';
+import { idleForwardPass, type ForwardPassSnapshot } from '../core/forward-pass.js';
+import type { PassResult } from '../core/scheduler.js';
+import type { KvEvent } from '../core/types.js';
+import { KvEventBatcher } from '../dynamo/kv-event-batcher.js';
+import type { DiscoverySession } from '../dynamo/registration.js';
+import type { EngineLoopHooks } from '../engine/engine-loop.js';
+import type { EventSink, EventTransport } from './event-plane.js';
+
+/** Dynamo's IDLE_HEARTBEAT_INTERVAL: an idle rank reports an all-zero pass this often. */
+export const FPM_HEARTBEAT_MS = 1000;
+/** Dynamo publishes load 1 ms after it changes. */
+const LOAD_DEBOUNCE_MS = 1;
+
+/** Dynamo 1.4's `discovery_safe_publisher_id`: random, masked to 53 bits so it survives JSON readers. */
+function publisherId(): bigint {
+  return randomBytes(8).readBigUInt64BE(0) & ((1n << 53n) - 1n);
+}
+
+/** The msgpack side, loaded when the publishers start (so it costs nothing before registration). */
+type Wire = typeof import('../dynamo/event-plane-wire.js');
+
+/** One publisher: an id, its own envelope sequence from 0, and a sink. */
+class Publisher {
+  readonly id = publisherId();
+  private sequence = 0n;
+  published = 0;
+
+  constructor(
+    readonly topic: string,
+    readonly sink: EventSink,
+    private readonly wire: Wire,
+  ) {}
+
+  publish(payload: Uint8Array): void {
+    this.sink.send(this.id, this.sequence, this.wire.packEnvelope(this.id, this.sequence, Date.now(), this.topic, payload));
+    this.sequence++;
+    this.published++;
+  }
+}
+
+export interface WorkerEventsOptions {
+  /** The process's transport, made on first use (it may load the ZMQ library). */
+  transport: () => Promise<EventTransport>;
+  session: DiscoverySession;
+  endpoint: EndpointId;
+  engine: Engine;
+  /** KV events are published only with prefix caching on (nothing is reusable otherwise). */
+  kvEvents: boolean;
+  /** Prompt lengths of the requests waiting for an admission slot on a rank (queued prefill work). */
+  admissionQueue: (rank: number) => Iterable<number>;
+  log: Logger;
+}
+
+export class WorkerEvents {
+  /** Hand these to the engine loop; they queue what arrives before `start()` has finished. */
+  readonly hooks: EngineLoopHooks;
+  private readonly batchers: KvEventBatcher[];
+  private readonly pendingKv: KvEvent[][];
+  private kv: Publisher[] = [];
+  private load: Publisher | null = null;
+  private fpm: Publisher | null = null;
+  private readonly fpmCounters: number[];
+  private readonly heartbeats: Array<NodeJS.Timeout | null>;
+  private readonly loadTimers: Array<NodeJS.Timeout | null>;
+  private readonly lastLoad: Array<number | null>;
+  private wire: Wire | null = null;
+  private ready = false;
+  private stopped = false;
+
+  constructor(private readonly o: WorkerEventsOptions) {
+    const ranks = o.engine.ranks.length;
+    this.batchers = Array.from({ length: ranks }, (_, r) => new KvEventBatcher(r));
+    this.pendingKv = Array.from({ length: ranks }, () => []);
+    this.fpmCounters = Array.from({ length: ranks }, () => 0);
+    this.heartbeats = Array.from({ length: ranks }, () => null);
+    this.loadTimers = Array.from({ length: ranks }, () => null);
+    this.lastLoad = Array.from({ length: ranks }, () => null);
+    for (const rank of o.engine.ranks) rank.collectForwardPass = true;
+    this.hooks = {
+      onPassStart: (rank, result) => {
+        if (o.kvEvents && result.kvEvents.length) this.kvEventsOf(rank, result.kvEvents);
+        this.loadChanged(rank);
+      },
+      onPassEnd: (rank, result) => {
+        this.forwardPass(rank, result);
+        this.loadChanged(rank);
+      },
+    };
+  }
+
+  /**
+   * Dynamo's order: per KV publisher (one per DP rank) the channel then its source; then the load
+   * and forward-pass publishers with their channels. Events queued meanwhile go out after.
+   */
+  async start(): Promise<void> {
+    const { endpoint: ep, session } = this.o;
+    const [wire, transport] = await Promise.all([import('../dynamo/event-plane-wire.js'), this.o.transport()]);
+    this.wire = wire;
+    const workerId = session.instanceId;
+    const open = async (topic: string): Promise<Publisher> => {
+      const p = new Publisher(topic, await transport.open(ep, topic), wire);
+      await session.create(wire.eventChannelKey(ep, topic, p.id), wire.eventChannelRecord(ep, topic, p.id, p.sink.record));
+      return p;
+    };
+    if (this.o.kvEvents) {
+      for (let rank = 0; rank < this.o.engine.ranks.length; rank++) {
+        const p = await open(wire.KV_EVENTS_TOPIC);
+        await session.create(wire.eventSourceKey(ep, wire.KV_EVENTS_TOPIC, p.id), wire.eventSourceRecord(ep, p.id, workerId, rank));
+        this.kv.push(p);
+      }
+    }
+    this.load = await open(wire.KV_METRICS_TOPIC);
+    this.fpm = await open(wire.FPM_TOPIC);
+    this.ready = true;
+    this.pendingKv.forEach((events, rank) => {
+      if (events.length) this.publishKv(rank, events.splice(0));
+    });
+    for (let rank = 0; rank < this.o.engine.ranks.length; rank++) {
+      this.publishLoad(rank);
+      this.armHeartbeat(rank);
+    }
+  }
+
+  /** Envelopes published so far, per topic (for logs and benchmarks). */
+  get published(): { kvEvents: number; load: number; forwardPass: number } {
+    return { kvEvents: this.kv.reduce((n, p) => n + p.published, 0), load: this.load?.published ?? 0, forwardPass: this.fpm?.published ?? 0 };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of [...this.heartbeats, ...this.loadTimers]) if (t) clearTimeout(t);
+    await Promise.all([...this.kv, this.load, this.fpm].map((p) => p?.sink.close()));
+  }
+
+  private kvEventsOf(rank: number, events: KvEvent[]): void {
+    if (this.ready) this.publishKv(rank, events);
+    else this.pendingKv[rank].push(...events);
+  }
+
+  private publishKv(rank: number, events: readonly KvEvent[]): void {
+    const workerId = this.o.session.instanceId;
+    for (const envelope of this.batchers[rank].batch(events)) this.kv[rank].publish(this.wire!.packRouterEvents(workerId, envelope));
+  }
+
+  /** ActiveLoad of one rank, 1 ms after its KV usage changes (each rank on its own: no value is lost). */
+  private loadChanged(rank: number): void {
+    if (!this.ready || this.stopped || this.loadTimers[rank]) return;
+    if (this.o.engine.ranks[rank].pool.activeBlocks === this.lastLoad[rank]) return;
+    this.loadTimers[rank] = setTimeout(() => {
+      this.loadTimers[rank] = null;
+      this.publishLoad(rank);
+    }, LOAD_DEBOUNCE_MS);
+  }
+
+  private publishLoad(rank: number): void {
+    const used = this.o.engine.ranks[rank].pool.activeBlocks;
+    if (!this.load || this.stopped || used === this.lastLoad[rank]) return;
+    this.lastLoad[rank] = used;
+    this.load.publish(this.wire!.packActiveLoad(this.o.session.instanceId, rank, used));
+  }
+
+  private forwardPass(rank: number, result: PassResult): void {
+    if (!this.ready || this.stopped || !result.forwardPass) return;
+    this.publishForwardPass(rank, result.forwardPass, true);
+  }
+
+  private publishForwardPass(rank: number, snapshot: ForwardPassSnapshot, withAdmissionQueue: boolean): void {
+    if (!this.fpm) return;
+    if (withAdmissionQueue) for (const promptLength of this.o.admissionQueue(rank)) snapshot.queuedPrefill.add(promptLength);
+    const s = snapshot;
+    this.fpm.publish(
+      this.wire!.packForwardPassMetrics(this.o.session.instanceId, rank, ++this.fpmCounters[rank], {
+        wallTimeS: s.wallTimeS,
+        scheduled: {
+          numPrefill: s.scheduledPrefill.lengths.count,
+          sumPrefillTokens: s.scheduledPrefill.computedTokens,
+          varPrefillLength: s.scheduledPrefill.lengths.variance,
+          sumPrefillKvTokens: s.scheduledPrefill.presentTokens,
+          numDecode: s.scheduledDecode.count,
+          sumDecodeKvTokens: s.scheduledDecode.sum,
+          varDecodeKvTokens: s.scheduledDecode.variance,
+        },
+        queued: {
+          numPrefill: s.queuedPrefill.count,
+          sumPrefillTokens: s.queuedPrefill.sum,
+          varPrefillLength: s.queuedPrefill.variance,
+          numDecode: s.queuedDecode.count,
+          sumDecodeKvTokens: s.queuedDecode.sum,
+          varDecodeKvTokens: s.queuedDecode.variance,
+        },
+      }),
+    );
+    this.armHeartbeat(rank);
+  }
+
+  /** An idle rank (no pass for a second) reports an all-zero pass, and again every second after. */
+  private armHeartbeat(rank: number): void {
+    const t = this.heartbeats[rank];
+    if (t) clearTimeout(t);
+    if (this.stopped) return;
+    this.heartbeats[rank] = setTimeout(() => this.publishForwardPass(rank, idleForwardPass(), false), FPM_HEARTBEAT_MS);
+    this.heartbeats[rank].unref();
+  }
+}
+
