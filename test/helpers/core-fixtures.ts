@@ -311,6 +311,8 @@ export interface RouterIndexOptions {
   hasher?: Xxh3;
   /** Throw when a block is removed while one of its children is still stored (default false). */
   requireLeafRemoval?: boolean;
+  /** Blocks whose removal may name a block this index never saw stored (e.g. before a late subscription). */
+  tolerateUnknownRemoval?: (hash: bigint) => boolean;
 }
 
 /**
@@ -404,6 +406,7 @@ export class RouterIndex {
         if (d.blockHashes.length === 0) throw new RouterIndexError('removed event with no blocks', e);
         for (const h of d.blockHashes) {
           const b = r.blocks.get(h);
+          if (!b && this.opts.tolerateUnknownRemoval?.(h)) continue;
           if (!b) throw new RouterIndexError(`rank ${e.dpRank}: removed block ${h} is unknown`, e);
           if (b.children.size > 0) {
             this.orphaningRemovals++;

@@ -1,57 +1,22 @@
 // The worker's KV events as a KV-aware router sees them: read back from the JetStream stream, hashes
 // checked against an independent XXH3 (hash-wasm) and replayed into a router-side index.
-import { createXXHash3 } from 'hash-wasm';
 import type { NatsConnection, Subscription } from 'nats';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import type { KvEvent, KvEventData } from '../../src/core/types.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { RouterIndex } from '../helpers/core-fixtures.js';
+import { seqHashes as refSeqHashes, tokenHashes as refTokenHashes } from '../helpers/reference-hash.js';
 import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
 const BS = 16;
 
-// ---- the reference hash rule (wire §6.2), computed here without the project's hashing code ----
+// ---- the reference hash rule (wire §6.2), computed without the project's hashing code ----
 
-const hasher = await createXXHash3(1337);
-
-function xxh(bytes: Uint8Array): bigint {
-  hasher.init();
-  hasher.update(bytes);
-  return BigInt(`0x${hasher.digest('hex')}`);
-}
-
-/** tokens_hash of each full block: XXH3-64 seed 1337 over the tokens as u32 LE. */
-function tokenHashes(tokens: number[], bs = BS): bigint[] {
-  const out: bigint[] = [];
-  for (let b = 0; b + bs <= tokens.length; b += bs) {
-    const bytes = new Uint8Array(bs * 4);
-    const view = new DataView(bytes.buffer);
-    for (let i = 0; i < bs; i++) view.setUint32(i * 4, tokens[b + i], true);
-    out.push(xxh(bytes));
-  }
-  return out;
-}
-
-/** Chained sequence hashes: block 0 = its tokens hash; block i = XXH3(seq(i-1) LE ‖ tokens(i) LE). */
-function seqHashes(tokens: number[], bs = BS): bigint[] {
-  const local = tokenHashes(tokens, bs);
-  const out: bigint[] = [];
-  for (let i = 0; i < local.length; i++) {
-    if (i === 0) {
-      out.push(local[0]);
-      continue;
-    }
-    const bytes = new Uint8Array(16);
-    const view = new DataView(bytes.buffer);
-    view.setBigUint64(0, out[i - 1], true);
-    view.setBigUint64(8, local[i], true);
-    out.push(xxh(bytes));
-  }
-  return out;
-}
+const tokenHashes = (tokens: number[], bs = BS) => refTokenHashes(tokens, bs);
+const seqHashes = (tokens: number[], bs = BS) => refSeqHashes(tokens, bs);
 
 // ---- what a router reads ----
 
