@@ -83,6 +83,7 @@ interface Shell {
 /** Waits `ms`, or less if `abort` fires first. */
 const delay = (ms: number, abort?: AbortSignal) =>
   new Promise<void>((resolve) => {
+    if (abort?.aborted) return resolve();
     const timer = setTimeout(done, ms);
     abort?.addEventListener('abort', done, { once: true });
     function done(): void {
