@@ -192,6 +192,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
           health,
           startedAt,
           histogramMaxLen,
+          // Dynamo 1.4 labels its vLLM series by model and rank only; several workers here need worker_id.
+          vllmWorkerLabel: config.dynamoVersion !== '1.4' || config.numWorkers > 1,
           log,
         })
       : null;

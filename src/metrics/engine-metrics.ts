@@ -33,6 +33,8 @@ export interface EngineSource {
 
 interface Family {
   sources: EngineSource[];
+  /** The label values of one worker's DP rank on the vLLM-named series. */
+  vllm: (s: EngineSource, rank: number) => Record<string, string>;
   ttft: Histogram<string>;
   itl: Histogram<string>;
   e2e: Histogram<string>;
@@ -59,19 +61,25 @@ function rankTotals(src: EngineSource): Array<{ rank: number; active: number; to
   });
 }
 
-function family(registry: Registry, maxModelLen: number): Family {
+/**
+ * `workerLabel`: whether the vLLM-named series carry `worker_id`. Dynamo's own (one registry per
+ * worker runtime) are labelled `model_name` and `engine` only; several workers sharing this
+ * process's registry need `worker_id` to keep their series apart.
+ */
+function family(registry: Registry, maxModelLen: number, workerLabel: boolean): Family {
   const existing = families.get(registry);
   if (existing) return existing;
   const sources: EngineSource[] = [];
   const componentLabels = ['dynamo_namespace', 'dynamo_component', 'worker_id'];
   const rankLabels = [...componentLabels, 'model', 'dp_rank'];
-  const vllmLabels = ['model_name', 'engine', 'worker_id'];
+  const vllmLabels = workerLabel ? ['model_name', 'engine', 'worker_id'] : ['model_name', 'engine'];
   const comp = (s: EngineSource) => ({
     dynamo_namespace: sanitizePrometheusLabel(s.namespace),
     dynamo_component: sanitizePrometheusLabel(s.component),
     worker_id: s.workerId,
   });
-  const vllm = (s: EngineSource, rank: number) => ({ model_name: s.model, engine: String(rank), worker_id: s.workerId });
+  const vllm = (s: EngineSource, rank: number): Record<string, string> =>
+    workerLabel ? { model_name: s.model, engine: String(rank), worker_id: s.workerId } : { model_name: s.model, engine: String(rank) };
 
   // Component-level kvstats: Dynamo's single gauge per component; with several DP ranks we report
   // the worker's totals (sum of blocks, usage over all blocks) instead of "last rank wins".
@@ -153,6 +161,7 @@ function family(registry: Registry, maxModelLen: number): Family {
   const hist = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, labelNames: vllmLabels, buckets, registers: [registry] });
   const f: Family = {
     sources,
+    vllm,
     ttft: hist('vllm:time_to_first_token_seconds', 'Histogram of time to first token in seconds.', VLLM_TTFT_BUCKETS),
     itl: hist('vllm:inter_token_latency_seconds', 'Histogram of inter-token latency in seconds.', VLLM_ITL_BUCKETS),
     e2e: hist('vllm:e2e_request_latency_seconds', 'Histogram of e2e request latency in seconds.', VLLM_E2E_BUCKETS),
@@ -170,15 +179,15 @@ export class EngineMetrics {
     private readonly src: EngineSource,
   ) {}
 
-  static forWorker(registry: Registry, src: EngineSource, maxModelLen: number): EngineMetrics {
-    const f = family(registry, Math.max(maxModelLen, 1));
+  static forWorker(registry: Registry, src: EngineSource, maxModelLen: number, workerLabel = true): EngineMetrics {
+    const f = family(registry, Math.max(maxModelLen, 1), workerLabel);
     f.sources.push(src);
     return new EngineMetrics(f, src);
   }
 
   /** Starts timing a request that arrived at `arrivalMs` on `rank`. */
   request(rank: number, arrivalMs: number): RequestObserver {
-    const labels = { model_name: this.src.model, engine: String(rank), worker_id: this.src.workerId };
+    const labels = this.f.vllm(this.src, rank);
     const { ttft, itl, e2e, promptTokens, generationTokens } = this.f;
     let last: number | null = null;
     return {

@@ -30,6 +30,8 @@ export interface WorkerMetricsOptions {
   startedAt: number;
   /** Upper bound of the prompt/generation token histograms. */
   histogramMaxLen: number;
+  /** Whether the vLLM-named series carry `worker_id` (see EngineMetrics). */
+  vllmWorkerLabel: boolean;
   log: Logger;
 }
 
@@ -74,7 +76,7 @@ export async function startWorkerMetrics(o: WorkerMetricsOptions): Promise<{
     forWorker(workerId, engine, queues) {
       const request = WorkHandlerMetrics.forWorker(registry, { namespace, component, endpoint, model: o.model, workerId });
       if (engine === null) return { request, remove() {} };
-      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: o.model, workerId }, o.histogramMaxLen);
+      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: o.model, workerId }, o.histogramMaxLen, o.vllmWorkerLabel);
       return { request, observe: (rank, arrivalMs) => em.request(rank, arrivalMs), remove: () => em.remove() };
     },
   };

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DynamoClient } from '../../src/client/dynamo-client.js';
+import { DynamoClient, type Instance } from '../../src/client/dynamo-client.js';
 import {
   DEFAULT_DASHBOARD,
   checkDashboard,
@@ -42,6 +42,87 @@ function testConfig(statusPort: number): string {
 
 /** Token ids 3.. (0–2 are special in the tiny model); `seed` makes each prompt's tail unique. */
 const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 3 + ((seed * 131 + i * 7) % 2000));
+
+/** Waits until Prometheus scrapes the worker, so that counters start from their first value. */
+async function scraping(prom: { url: string; output(): string }): Promise<void> {
+  await waitFor(
+    async () => {
+      const body = (await (await fetch(`${prom.url}/api/v1/targets`)).json()) as { data: { activeTargets: Array<{ health: string; labels: Record<string, string> }> } };
+      return body.data.activeTargets.some((t) => t.labels.job === 'dynamo-backend' && t.health === 'up');
+    },
+    { timeoutMs: 15_000, intervalMs: 200, message: `dynamo-backend target up: ${prom.output()}` },
+  );
+}
+
+/**
+ * Load that gives every panel data: prefix-cache hits, KV pressure with preemptions and waiting
+ * requests, a cancellation and a malformed request; checked on the worker's own /metrics.
+ */
+async function driveLoad(worker: WorkerProcess, client: DynamoClient, inst: Instance): Promise<void> {
+  const prefix = tokens(64, 0);
+
+  // 1. Warm the prefix cache: later prompts share its first 4 blocks (prefix hits).
+  const warm = await client.generate(inst, { tokenIds: [...prefix, ...tokens(16, 1)], maxTokens: 8 });
+  expect((await warm.stream.done).completeFinal).toBe(true);
+
+  // 2. KV pressure: 5 requests, 3 running at most (waiting > 0), 3 × (96 + 400) tokens ≫ 64 blocks
+  //    of 16 tokens, so running requests are preempted; all still finish.
+  const pressure = await Promise.all(
+    Array.from({ length: 5 }, (_, i) => client.generate(inst, { tokenIds: [...prefix, ...tokens(32, 10 + i)], maxTokens: 400 })),
+  );
+  const results = await Promise.all(pressure.map((h) => h.stream.done));
+  for (const r of results) {
+    expect(r.prologueError).toBeNull();
+    expect(r.completeFinal).toBe(true);
+  }
+
+  // 3. A cancellation: stop a long request after its first tokens.
+  const long = await client.generate(inst, { tokenIds: tokens(16, 99), maxTokens: 900 });
+  await waitFor(() => long.stream.tokens.length >= 3, { timeoutMs: 10_000, message: 'tokens of the request to cancel' });
+  long.stream.stop();
+  const stopped = await long.stream.done;
+  expect(stopped.tokenIds.length).toBeLessThan(900);
+
+  // 4. An error series: a payload that is not a two-part frame (error_type="invalid_message").
+  expect((await client.sendRaw(inst, new TextEncoder().encode('not a two-part frame'))).length).toBe(0);
+
+  // The worker itself saw all of it.
+  expect(await worker.metric('dynamo_component_cancellation_total')).toBe(1);
+  expect(await worker.metric('dynamo_component_errors_total')).toBeGreaterThanOrEqual(1);
+  expect(await worker.metric('vllm:num_preemptions_total')).toBeGreaterThan(0);
+  expect(await worker.metric('vllm:prefix_cache_hits_total')).toBeGreaterThan(0);
+
+}
+
+/** Polls Prometheus until it has scraped the load and every dashboard query has a series with a number in it. */
+async function expectDashboardData(prom: { url: string }): Promise<Report> {
+  // Spot-check values the load must have produced, as Prometheus sees them.
+  const value = async (expr: string) => {
+    const res = (await (await fetch(`${prom.url}/api/v1/query?${new URLSearchParams({ query: expr })}`)).json()) as { data: { result: Array<{ value: [number, string] }> } };
+    return res.data.result.reduce((s, r) => s + Number(r.value[1]), 0);
+  };
+  const spot = async () =>
+    (await value(`sum(increase(dynamo_component_cancellation_total{model="${MODEL}"}[1m]))`)) > 0 &&
+    (await value(`sum(dynamo_component_errors_total{model="${MODEL}",error_type="invalid_message"})`)) === 1 &&
+    (await value(`sum(vllm:num_preemptions_total{model_name="${MODEL}"})`)) > 0 &&
+    (await value(`sum(vllm:prefix_cache_hits_total{model_name="${MODEL}"})`)) > 0;
+
+  // Poll Prometheus until it has scraped the load and every dashboard query has a series with a number in it.
+  const vars = { model: MODEL, __rate_interval: '30s', __interval: '5s' };
+  let report: Report | undefined;
+  const complete = (r: Report) => r.ok && r.results.every((q) => q.finite > 0);
+  await waitFor(
+    async () => {
+      if (!(await spot())) return false;
+      report = await checkDashboard({ prometheusUrl: prom.url, dashboard: DEFAULT_DASHBOARD, vars });
+      return complete(report);
+    },
+    { timeoutMs: 20_000, intervalMs: 500, message: 'the load scraped and every dashboard query has data' },
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\n${report ? formatReport(report) : ''}`);
+  });
+  return report!;
+}
 
 describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard has data', () => {
   const cluster = useCluster();
@@ -113,74 +194,11 @@ describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard h
   });
 
   it('every dashboard query returns series once the worker has served load', async () => {
-    // Prometheus scrapes the worker.
-    await waitFor(
-      async () => {
-        const body = (await (await fetch(`${prom.url}/api/v1/targets`)).json()) as { data: { activeTargets: Array<{ health: string; labels: Record<string, string> }> } };
-        return body.data.activeTargets.some((t) => t.labels.job === 'dynamo-backend' && t.health === 'up');
-      },
-      { timeoutMs: 15_000, intervalMs: 200, message: `dynamo-backend target up: ${prom.output()}` },
-    );
+    await scraping(prom);
     const [inst] = await client.waitForInstances(EP, 1);
-    const prefix = tokens(64, 0);
-
-    // 1. Warm the prefix cache: later prompts share its first 4 blocks (prefix hits).
-    const warm = await client.generate(inst.subject, { tokenIds: [...prefix, ...tokens(16, 1)], maxTokens: 8 });
-    expect((await warm.stream.done).completeFinal).toBe(true);
-
-    // 2. KV pressure: 5 requests, 3 running at most (waiting > 0), 3 × (96 + 400) tokens ≫ 64 blocks
-    //    of 16 tokens, so running requests are preempted; all still finish.
-    const pressure = await Promise.all(
-      Array.from({ length: 5 }, (_, i) => client.generate(inst.subject, { tokenIds: [...prefix, ...tokens(32, 10 + i)], maxTokens: 400 })),
-    );
-    const results = await Promise.all(pressure.map((h) => h.stream.done));
-    for (const r of results) {
-      expect(r.prologueError).toBeNull();
-      expect(r.completeFinal).toBe(true);
-    }
-
-    // 3. A cancellation: stop a long request after its first tokens.
-    const long = await client.generate(inst.subject, { tokenIds: tokens(16, 99), maxTokens: 900 });
-    await waitFor(() => long.stream.tokens.length >= 3, { timeoutMs: 10_000, message: 'tokens of the request to cancel' });
-    long.stream.stop();
-    const stopped = await long.stream.done;
-    expect(stopped.tokenIds.length).toBeLessThan(900);
-
-    // 4. An error series: a payload that is not a two-part frame (error_type="invalid_message").
-    expect((await client.sendRaw(inst.subject, new TextEncoder().encode('not a two-part frame'))).length).toBe(0);
-
-    // The worker itself saw all of it.
-    expect(await worker.metric('dynamo_component_cancellation_total')).toBe(1);
-    expect(await worker.metric('dynamo_component_errors_total')).toBeGreaterThanOrEqual(1);
-    expect(await worker.metric('vllm:num_preemptions_total')).toBeGreaterThan(0);
-    expect(await worker.metric('vllm:prefix_cache_hits_total')).toBeGreaterThan(0);
-
-    // Spot-check values the load must have produced, as Prometheus sees them.
-    const value = async (expr: string) => {
-      const res = (await (await fetch(`${prom.url}/api/v1/query?${new URLSearchParams({ query: expr })}`)).json()) as { data: { result: Array<{ value: [number, string] }> } };
-      return res.data.result.reduce((s, r) => s + Number(r.value[1]), 0);
-    };
-    const spot = async () =>
-      (await value(`sum(increase(dynamo_component_cancellation_total{model="${MODEL}"}[1m]))`)) > 0 &&
-      (await value(`sum(dynamo_component_errors_total{model="${MODEL}",error_type="invalid_message"})`)) === 1 &&
-      (await value(`sum(vllm:num_preemptions_total{model_name="${MODEL}"})`)) > 0 &&
-      (await value(`sum(vllm:prefix_cache_hits_total{model_name="${MODEL}"})`)) > 0;
-
-    // Poll Prometheus until it has scraped the load and every dashboard query has a series with a number in it.
-    const vars = { model: MODEL, __rate_interval: '30s', __interval: '5s' };
-    let report: Report | undefined;
-    const complete = (r: Report) => r.ok && r.results.every((q) => q.finite > 0);
-    await waitFor(
-      async () => {
-        if (!(await spot())) return false;
-        report = await checkDashboard({ prometheusUrl: prom.url, dashboard: DEFAULT_DASHBOARD, vars });
-        return complete(report);
-      },
-      { timeoutMs: 20_000, intervalMs: 500, message: 'the load scraped and every dashboard query has data' },
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}\n${report ? formatReport(report) : ''}`);
-    });
-    expect(report!.results.length).toBe(extractQueries(loadDashboard(DEFAULT_DASHBOARD)).length);
+    await driveLoad(worker, client, inst);
+    const report = await expectDashboardData(prom);
+    expect(report.results.length).toBe(extractQueries(loadDashboard(DEFAULT_DASHBOARD)).length);
 
     // The CLI resolves $model from label_values like Grafana and exits 0 …
     const ok = spawnSync(process.execPath, [CHECK, prom.url, DEFAULT_DASHBOARD], { encoding: 'utf8' });
@@ -195,10 +213,33 @@ describe.skipIf(!enabled)('Prometheus scraping a worker: the Grafana dashboard h
       writeFileSync(join(dir, 'd.json'), JSON.stringify(broken));
       const bad = spawnSync(process.execPath, [CHECK, '--prometheus', prom.url, '--dashboard', join(dir, 'd.json'), '--model', MODEL], { encoding: 'utf8' });
       expect(bad.status, bad.stdout + bad.stderr).toBe(1);
-      expect(bad.stdout).toContain(`1 of ${report!.results.length + 1} queries returned no series`);
+      expect(bad.stdout).toContain(`1 of ${report.results.length + 1} queries returned no series`);
       expect(bad.stdout).toContain(`[Missing / A] dynamo_component_no_such_metric{model="${MODEL}"}`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  }, 75_000);
+});
+
+describe.skipIf(!requireBinary('prometheus'))('Prometheus scraping a Dynamo 1.4 worker (file discovery, TCP): the dashboard has data too', () => {
+  it('every dashboard query returns series once the worker has served load', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'dyn-kv-'));
+    const worker = await startWorkerProcess(
+      ['--model-path', TINY_MODEL, '--model-name', MODEL, '--dynamo-version', '1.4', '--max-num-seqs', '3', '--block-size', '16', '--num-gpu-blocks-override', '64', '--speedup-ratio', '10'],
+      { DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: root },
+    );
+    const prom = await startPrometheus(testConfig(worker.statusPort!));
+    const client = await DynamoClient.connect({ discovery: 'file', fileRoot: root });
+    try {
+      await scraping(prom);
+      const [inst] = await client.waitForInstances(EP, 1);
+      await driveLoad(worker, client, inst);
+      const report = await expectDashboardData(prom);
+      expect(report.results.length).toBe(extractQueries(loadDashboard(DEFAULT_DASHBOARD)).length);
+    } finally {
+      await client.close();
+      await worker.stop();
+      await prom.stop();
     }
   }, 75_000);
 });

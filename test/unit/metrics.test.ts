@@ -209,3 +209,48 @@ describe('engine-metric buckets', () => {
     expect(buckets125(4096)).toEqual([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]);
   });
 });
+
+describe('engine metrics (vLLM names, Dynamo 1.4 native metrics §5.7)', () => {
+  async function scrape(workerLabel: boolean) {
+    const { Engine } = await import('../../src/core/engine.js');
+    const { createPolynomialTimingModel } = await import('../../src/core/timing/polynomial.js');
+    const { createXxh3 } = await import('../../src/hashing/xxh3.js');
+    const { EngineMetrics, VLLM_TTFT_BUCKETS } = await import('../../src/metrics/engine-metrics.js');
+    const engine = new Engine(
+      { numGpuBlocks: 100, blockSize: 16, maxNumSeqs: 4, maxNumBatchedTokens: 512, enablePrefixCaching: true, enableChunkedPrefill: true, watermark: 0, preemptionMode: 'lifo', speedupRatio: 1, decodeSpeedupRatio: 1, maxModelLen: null, dataParallelSize: 2, seed: 0 },
+      createPolynomialTimingModel(),
+      await createXxh3(),
+      { vocabSize: 1000, contextLength: 4096 },
+    );
+    const registry = new Registry();
+    const m = EngineMetrics.forWorker(registry, { engine, queued: () => 0, namespace: 'dynamo', component: 'backend', model: 'Qwen/Qwen3-0.6B', workerId: 'abc' }, 4096, workerLabel);
+    engine.submit({ key: 1, promptLength: 40, promptTokens: Array.from({ length: 40 }, (_, i) => i), maxTokens: 5, dpRank: 1 });
+    engine.ranks[1].step(0);
+    const obs = m.request(1, 0);
+    obs.token(20);
+    obs.token(26);
+    obs.finish(26, 40, 2);
+    return { text: await registry.metrics(), buckets: VLLM_TTFT_BUCKETS };
+  }
+
+  it("labels the vLLM series by model_name and engine (the DP rank) only, as Dynamo 1.4's mocker does", async () => {
+    const { text, buckets } = await scrape(false);
+    expect(text).toContain('# TYPE vllm:num_requests_running gauge');
+    expect(text).toContain('vllm:num_requests_running{model_name="Qwen/Qwen3-0.6B",engine="1"} 1');
+    expect(text).toContain('vllm:num_requests_running{model_name="Qwen/Qwen3-0.6B",engine="0"} 0');
+    expect(text).toContain('# TYPE vllm:num_preemptions_total counter');
+    expect(text).toContain('vllm:kv_cache_usage_perc{model_name="Qwen/Qwen3-0.6B",engine="1"} 0.03');
+    expect(text).toContain('vllm:gpu_cache_usage_perc{model_name="Qwen/Qwen3-0.6B",engine="1"} 0.03');
+    const ttft = text.split('\n').filter((l) => l.startsWith('vllm:time_to_first_token_seconds_bucket'));
+    expect(ttft.map((l) => /le="([^"]+)"/.exec(l)![1])).toEqual([...buckets.map(String), '+Inf']);
+    expect(text).toContain('vllm:time_to_first_token_seconds_count{model_name="Qwen/Qwen3-0.6B",engine="1"} 1');
+    expect(text).toContain('vllm:inter_token_latency_seconds_sum{model_name="Qwen/Qwen3-0.6B",engine="1"} 0.006');
+    expect(text).toContain('vllm:e2e_request_latency_seconds_sum{model_name="Qwen/Qwen3-0.6B",engine="1"} 0.026');
+    expect(text.split('\n').filter((l) => l.startsWith('vllm:') && l.includes('worker_id'))).toEqual([]);
+  });
+
+  it('adds worker_id when several workers share the registry', async () => {
+    const { text } = await scrape(true);
+    expect(text).toContain('vllm:num_requests_running{model_name="Qwen/Qwen3-0.6B",engine="1",worker_id="abc"} 1');
+  });
+});
