@@ -65,6 +65,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .addOption(new Option('--discovery-backend <backend>', `1.4: where the worker registers, etcd or file (default: $DYN_DISCOVERY_BACKEND, else ${WORKER_DEFAULTS.discoveryBackend})`))
     .addOption(new Option('--request-plane <plane>', 'how requests arrive, tcp or nats (default: $DYN_REQUEST_PLANE, else tcp for 1.4, nats for 0.6.x)'))
     .addOption(new Option('--event-plane <plane>', '1.4: the event plane for KV events, load and forward-pass metrics, zmq or nats (default: $DYN_EVENT_PLANE, else zmq)'))
+    .option('--no-kv-events', 'publish no KV events although prefix caching is on (the card says so); load and forward-pass metrics still go out')
     .option('--zmq-kv-events-ports <ports>', "vLLM's own KV-event stream: one base port per worker, DP rank r on base + r (default: off)")
     .option('--zmq-replay-ports <ports>', 'with --zmq-kv-events-ports: replay ROUTER base ports, one per worker (default: off)');
   addEngineOptions(program);

@@ -154,6 +154,8 @@ export interface WorkerConfig {
   eventPlane: EventPlaneKind;
   /** DYN_EVENT_PLANE_HOST: the IP ZMQ publishers bind and advertise; null = all interfaces, advertised as the local IP. */
   eventPlaneHost: string | null;
+  /** Publish KV events (with prefix caching on); --no-kv-events turns them off and says so in the card. */
+  kvEvents: boolean;
   /** --zmq-kv-events-ports: per worker, the base port of vLLM's own KV-event PUB (rank r on base + r). */
   zmqKvEventsPorts: number[] | null;
   /** --zmq-replay-ports: per worker, the base port of the replay ROUTER. */
@@ -595,7 +597,9 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const zmqKvEventsPorts = portList(raw, 'zmqKvEventsPorts', numWorkers);
   const zmqReplayPorts = portList(raw, 'zmqReplayPorts', numWorkers);
   if (zmqReplayPorts && !zmqKvEventsPorts) throw new ConfigError('--zmq-replay-ports', 'needs --zmq-kv-events-ports (it replays that stream)');
+  const kvEvents = raw.kvEvents === undefined ? true : parseBool('--kv-events', raw.kvEvents);
   if (zmqKvEventsPorts && !engine.enablePrefixCaching) throw new ConfigError('--zmq-kv-events-ports', 'needs prefix caching (without it no KV events exist)');
+  if (zmqKvEventsPorts && !kvEvents) throw new ConfigError('--zmq-kv-events-ports', 'contradicts --no-kv-events');
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   return {
@@ -609,6 +613,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     ...planes,
     tcp,
     eventPlaneHost: zmqEvents ? envIp(env, 'DYN_EVENT_PLANE_HOST') : null,
+    kvEvents: kvEvents && engine.enablePrefixCaching,
     zmqKvEventsPorts,
     zmqReplayPorts,
     system,

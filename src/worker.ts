@@ -219,7 +219,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       modelContextLength: info.contextLength,
       engineContextLength,
       blockSize: config.engine.blockSize,
-      kvEvents: config.engine.enablePrefixCaching,
+      kvEvents: config.kvEvents,
       runtime: {
         totalKvBlocks: config.engine.numGpuBlocks,
         maxNumSeqs: config.engine.maxNumSeqs,
@@ -247,7 +247,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       log.info(`TCP request plane listening on ${plane.address}`);
     }
     const { namespace, component } = config.endpoint;
-    const kvStream = generation.events === 'jetstream' && config.engine.enablePrefixCaching ? kvEventStreamName(namespace, component) : null;
+    const kvStream = generation.events === 'jetstream' && config.kvEvents ? kvEventStreamName(namespace, component) : null;
     if (kvStream) {
       const { ensureKvEventStream } = await import('./adapters/nats-event-plane.js');
       await ensureKvEventStream(nats!, kvStream, config.natsStreamMaxAgeS);
@@ -356,7 +356,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
           session,
           endpoint: ep,
           engine,
-          kvEvents: config.engine.enablePrefixCaching,
+          kvEvents: config.kvEvents,
           admissionQueue: (rank) => admissionQueue(rank),
           log,
         })

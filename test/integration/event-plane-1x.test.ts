@@ -1,7 +1,7 @@
 // Dynamo 1.4's event plane as a KV router and a planner read it, on ZMQ and NATS, with file and etcd
 // discovery: records, envelopes, bindings, event ids, hashes, removals, ActiveLoad, forward-pass metrics,
 // and vLLM's own KV-event stream with its replay socket.
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
@@ -34,7 +34,7 @@ interface Started {
 let probeSeed = 50_000;
 
 /** A 1.4 worker configured by Dynamo's variables, a frontend client, and a router-side subscriber on its events. */
-async function start(combo: Combo, ns: string, args: string[], cluster: Cluster | null, dpSize = 1): Promise<Started> {
+async function start(combo: Combo, ns: string, args: string[], cluster: Cluster | null, dpSize = 1, kvPublishers = dpSize): Promise<Started> {
   const root = combo.discovery === 'file' ? mkdtempSync(join(tmpdir(), 'dyn-kv-')) : null;
   const env: Record<string, string> = {
     DYN_NAMESPACE: ns,
@@ -50,7 +50,7 @@ async function start(combo: Combo, ns: string, args: string[], cluster: Cluster 
   const sub = await RouterSubscriber.connect({
     records: root ? fileRecords(root) : etcdRecords(client.etcd),
     endpoint: EP(ns),
-    kvPublishers: dpSize,
+    kvPublishers,
     nats: combo.plane === 'nats' ? cluster!.nc : undefined,
   });
   return { w, client, inst, sub, root, ns, probeBlocks: new Set() };
@@ -173,6 +173,18 @@ describe('1.4 event plane, ZMQ + file discovery (no servers)', () => {
   const recordFiles = async (s: Started) =>
     ['v1/event_channels', 'v1/event_sources'].flatMap((b) => (existsSync(join(s.root!, b)) ? readdirSync(join(s.root!, b)).filter((n) => !n.startsWith('.')) : []));
   behaviour({ discovery: 'file', plane: 'zmq' }, () => null, recordFiles);
+
+  it('with --no-kv-events: no KV publisher or source and a card that says so, while load and forward-pass metrics go on', async () => {
+    const s = await start({ discovery: 'file', plane: 'zmq' }, 'nokv', ['--no-kv-events'], null, 2, 0);
+    expect(s.sub.channels.map((c) => c.topic).sort()).toEqual(['forward-pass-metrics', 'kv_metrics']);
+    expect(s.sub.sources.size).toBe(0);
+    const card = JSON.parse(readFileSync(join(s.root!, 'v1', 'mdc', readdirSync(join(s.root!, 'v1', 'mdc'))[0]), 'utf8').replace(/:(\d{16,})/g, ':"$1"')).card_json;
+    expect(card.runtime_config.kv_event_publishing_enabled).toBe(false);
+    await (await s.client.generate(s.inst, { tokenIds: Array.from({ length: 40 }, (_, i) => i + 10), maxTokens: 5, dpRank: 1 })).stream.done;
+    await waitFor(() => s.sub.forwardPasses.some((m) => m.dp_rank === 1 && m.scheduled_requests.num_prefill_requests === 1), { timeoutMs: 5000, message: 'a prefill pass on rank 1' });
+    expect(s.sub.kvEvents).toEqual([]);
+    await finish(s);
+  });
 
   it("vLLM's own KV-event stream: 3-frame batches live, and a late subscriber recovers them all from the replay socket", async () => {
     const [eventsPort, replayPort] = await Promise.all([freePort(), freePort()]);

@@ -201,6 +201,11 @@ describe('protocol generations, planes and discovery', () => {
     [[], { DYN_SYSTEM_PORT: 'abc' }, 'DYN_SYSTEM_PORT', /port number/],
     [[], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: 'soon' }, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', /must be a number/],
     [[], { DYN_NATS_STREAM_MAX_AGE: '0' }, 'DYN_NATS_STREAM_MAX_AGE', /must be > 0/],
+    [['--dynamo-version', '1.4'], { DYN_ZMQ_BROKER_URL: 'xsub=tcp://h:1;xpub=tcp://h:2' }, 'DYN_ZMQ_BROKER_URL', /broker mode is not supported/],
+    [['--dynamo-version', '1.4'], { DYN_EVENT_PLANE_HOST: 'events.local' }, 'DYN_EVENT_PLANE_HOST', /must be an IP address/],
+    [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557,5558'], {}, '--zmq-kv-events-ports', /one base port per worker \(1 with --num-workers\), got 2/],
+    [['--dynamo-version', '1.4', '--zmq-replay-ports', '5600'], {}, '--zmq-replay-ports', /needs --zmq-kv-events-ports/],
+    [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557', '--no-kv-events'], {}, '--zmq-kv-events-ports', /contradicts --no-kv-events/],
   ];
   for (const [args, env, name, message] of refusals) {
     it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
@@ -211,6 +216,12 @@ describe('protocol generations, planes and discovery', () => {
       expect(err.trim().split('\n')).toHaveLength(1);
     });
   }
+
+  it('publishes KV events with prefix caching unless --no-kv-events', () => {
+    expect(cfg({ dynamoVersion: '1.4' }).kvEvents).toBe(true);
+    expect(cfg({ dynamoVersion: '1.4', kvEvents: false }).kvEvents).toBe(false);
+    expect(cfg({ dynamoVersion: '1.4', enablePrefixCaching: false }).kvEvents).toBe(false);
+  });
 
   it('ignores the TCP variables when the request plane is NATS', () => {
     expect(cfg({}, { DYN_TCP_RPC_PORT: 'not-a-port' }).requestPlane).toBe('nats');
