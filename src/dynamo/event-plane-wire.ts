@@ -1,25 +1,59 @@
 // Dynamo 1.4's event plane on the wire: subjects, publisher records, the msgpack envelope and its payloads.
 //
 // Payloads are msgpack maps keyed by field name in Rust's declaration order (rmp-serde
-// `to_vec_named`), written with msgpackr. Every u64 goes in as a BigInt when it exceeds 32 bits, so
-// it is never a float: msgpackr then writes an int64 (`d3`) below 2^63 and a uint64 (`cf`) above,
-// where rmp-serde writes `cf` throughout; serde's u64 reads both. Floats with an integral value come
-// out as integers, which serde's and msgspec's float fields accept.
-import { Packr } from 'msgpackr';
+// `to_vec_named`), written with msgpackr in rmp-serde's byte forms: unsigned integers in their
+// smallest uint form (a u64 above 32 bits as `cf` + 8 bytes, never msgpackr's int64 `d3` nor a
+// float), and f64 fields always as `cb` + 8 bytes, even when their value is integral.
+import { Packr, addExtension } from 'msgpackr';
 import type { EndpointId } from '../config.js';
 import type { KvEventData } from '../core/types.js';
 import { stringifyJson } from './lossless-json.js';
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 
+/** A u64 above 32 bits, to be written as msgpack uint64. */
+class Uint64 {
+  constructor(readonly value: bigint) {}
+}
+
+/** An f64 field's value, to be written as msgpack float64. */
+class Float64 {
+  constructor(readonly value: number) {}
+}
+
+type Allocate = (size: number) => { targetView: DataView; position: number };
+
+/**
+ * msgpackr's extension hook may write raw bytes instead of an ext record: `pack` is handed an
+ * allocator into the output buffer and returns nothing, so the type code is never written.
+ */
+function rawExtension<T>(Class: new (...args: never[]) => T, type: number, write: (v: T, view: DataView, at: number) => void): void {
+  const pack = (v: T, allocate: Allocate): undefined => {
+    const { targetView, position } = allocate(9);
+    write(v, targetView, position);
+    return undefined;
+  };
+  addExtension({ Class, type, pack: pack as unknown as (value: unknown) => Uint8Array });
+}
+rawExtension(Uint64, 98, (v, view, at) => {
+  view.setUint8(at, 0xcf);
+  view.setBigUint64(at + 1, v.value);
+});
+rawExtension(Float64, 99, (v, view, at) => {
+  view.setUint8(at, 0xcb);
+  view.setFloat64(at + 1, v.value);
+});
+
 export const KV_EVENTS_TOPIC = 'kv-events';
 export const KV_METRICS_TOPIC = 'kv_metrics';
 export const FPM_TOPIC = 'forward-pass-metrics';
 
-/** A u64 as msgpackr must see it: a number up to 32 bits, a BigInt beyond (never a float). */
-function u64(v: bigint | number): bigint | number {
-  return typeof v === 'bigint' ? (v <= 0xffffffffn ? Number(v) : v) : v <= 0xffffffff ? v : BigInt(v);
+/** A u64 as rmp-serde writes it: a number up to 32 bits (smallest uint form), uint64 beyond. */
+function u64(v: bigint | number): number | Uint64 {
+  return typeof v === 'bigint' ? (v <= 0xffffffffn ? Number(v) : new Uint64(v)) : v <= 0xffffffff ? v : new Uint64(BigInt(v));
 }
+
+const f64 = (v: number) => new Float64(v);
 
 /** Dynamo ≥ 1.4's `encode_event_segment`: bytes of [A-Za-z0-9_-] kept, every other byte as %XX. */
 export function encodeEventSegment(s: string): string {
@@ -141,23 +175,23 @@ export function packForwardPassMetrics(workerId: bigint, dpRank: number, counter
     worker_id: workerId.toString(),
     dp_rank: dpRank,
     counter_id: u64(counterId),
-    wall_time: m.wallTimeS,
+    wall_time: f64(m.wallTimeS),
     scheduled_requests: {
       num_prefill_requests: s.numPrefill,
       sum_prefill_tokens: u64(s.sumPrefillTokens),
-      var_prefill_length: s.varPrefillLength,
+      var_prefill_length: f64(s.varPrefillLength),
       sum_prefill_kv_tokens: u64(s.sumPrefillKvTokens),
       num_decode_requests: s.numDecode,
       sum_decode_kv_tokens: u64(s.sumDecodeKvTokens),
-      var_decode_kv_tokens: s.varDecodeKvTokens,
+      var_decode_kv_tokens: f64(s.varDecodeKvTokens),
     },
     queued_requests: {
       num_prefill_requests: q.numPrefill,
       sum_prefill_tokens: u64(q.sumPrefillTokens),
-      var_prefill_length: q.varPrefillLength,
+      var_prefill_length: f64(q.varPrefillLength),
       num_decode_requests: q.numDecode,
       sum_decode_kv_tokens: u64(q.sumDecodeKvTokens),
-      var_decode_kv_tokens: q.varDecodeKvTokens,
+      var_decode_kv_tokens: f64(q.varDecodeKvTokens),
     },
   });
 }
@@ -188,7 +222,7 @@ export type VllmKvEvent =
 /** A vLLM event batch: `[ts seconds (f64), [event maps…], dp_rank]`. */
 export function packVllmBatch(tsSeconds: number, events: readonly VllmKvEvent[], dpRank: number): Uint8Array {
   return packr.pack([
-    tsSeconds,
+    f64(tsSeconds),
     events.map((e) =>
       e.type === 'BlockStored'
         ? { type: 'BlockStored', block_hashes: e.blockHashes.map(u64), parent_block_hash: e.parentBlockHash === null ? null : u64(e.parentBlockHash), token_ids: e.tokenIds, block_size: e.blockSize, group_idx: 0 }

@@ -60,13 +60,13 @@ describe('names and records', () => {
 });
 
 describe('msgpack messages', () => {
-  // Where rmp-serde writes a u64 above 32 bits as uint64 (cf), msgpackr writes int64 (d3) below 2^63;
-  // serde's u64 accepts both. Everything else is byte for byte the contract's example.
+  // Byte for byte the contract's examples: rmp-serde's smallest uint forms (`cf` for a u64 above 32
+  // bits) and `cb` for every f64.
   it('envelope (§2.2): five named keys in order, the payload as bin', () => {
     const payload = new Uint8Array(175).fill(7);
     const env = packEnvelope(PUB, 0n, 1755300000000, 'kv-events', payload);
     expect(hex(env)).toBe(
-      '85' + str('publisher_id') + 'd30010000000000001' + str('sequence') + '00' + str('published_at') + 'd300000198b0087100' + str('topic') + str('kv-events') + str('payload') + 'c4af' + hex(payload),
+      '85' + str('publisher_id') + 'cf0010000000000001' + str('sequence') + '00' + str('published_at') + 'cf00000198b0087100' + str('topic') + str('kv-events') + str('payload') + 'c4af' + hex(payload),
     );
     expect(reader.unpack(env)).toEqual({ publisher_id: PUB, sequence: 0, published_at: 1755300000000n, topic: 'kv-events', payload: Buffer.from(payload) });
   });
@@ -74,7 +74,7 @@ describe('msgpack messages', () => {
   it('a KV batch (§2.7.3): an array of RouterEvent maps with every field', () => {
     const bytes = packRouterEvents(WORKER, [{ eventId: 1n, dpRank: 0, data: { kind: 'stored', parentHash: null, blocks: [{ blockHash: HASH, tokensHash: HASH }] } }]);
     expect(hex(bytes)).toBe(
-      '91' + '83' + str('worker_id') + 'd3694d9981145a61ad' + str('storage_tier') + str('device') +
+      '91' + '83' + str('worker_id') + 'cf694d9981145a61ad' + str('storage_tier') + str('device') +
         str('event') + '83' + str('event_id') + '01' +
         str('data') + '81' + str('stored') + '83' + str('parent_hash') + 'c0' + str('start_position') + 'c0' +
         str('blocks') + '91' + '83' + str('block_hash') + 'cfcb38e4d7fb2dca5c' + str('tokens_hash') + 'cfcb38e4d7fb2dca5c' + str('mm_extra_info') + 'c0' +
@@ -85,9 +85,39 @@ describe('msgpack messages', () => {
     expect(hex(packRouterEvents(WORKER, [{ eventId: 3n, dpRank: 0, data: { kind: 'cleared' } }]))).toContain(str('data') + str('cleared'));
   });
 
+  it('writes every u64 in its smallest uint form, as rmp-serde does, never as int64 or a float', () => {
+    const forms: Array<[bigint, string]> = [
+      [0x7fn, '7f'],
+      [0xffn, 'ccff'],
+      [0xffffn, 'cdffff'],
+      [0xffffffffn, 'ceffffffff'],
+      [0x100000000n, 'cf0000000100000000'],
+      [(1n << 63n) - 1n, 'cf7fffffffffffffff'],
+      [(1n << 64n) - 1n, 'cfffffffffffffffff'],
+    ];
+    for (const [v, form] of forms) {
+      const bytes = packRouterEvents(v, [{ eventId: v, dpRank: 0, data: { kind: 'removed', blockHashes: [v] } }]);
+      expect(hex(bytes)).toContain(str('worker_id') + form);
+      expect(hex(bytes)).toContain(str('event_id') + form);
+      expect(hex(bytes)).toContain(str('block_hashes') + '91' + form);
+      expect(reader.unpack(bytes)[0].event.data.removed.block_hashes[0]).toEqual(v > 0xffffffffn ? v : Number(v));
+    }
+  });
+
+  it('writes f64 fields as float64 even when integral (an idle pass is all zeros)', () => {
+    const zero = { numPrefill: 0, sumPrefillTokens: 0, varPrefillLength: 0, sumPrefillKvTokens: 0, numDecode: 0, sumDecodeKvTokens: 0, varDecodeKvTokens: 0 };
+    const bytes = hex(packForwardPassMetrics(WORKER, 0, 1, { wallTimeS: 0, scheduled: zero, queued: zero }));
+    const f0 = 'cb0000000000000000';
+    expect(bytes).toContain(str('wall_time') + f0);
+    expect(bytes.split(str('var_prefill_length') + f0)).toHaveLength(3);
+    expect(bytes.split(str('var_decode_kv_tokens') + f0)).toHaveLength(3);
+    expect(bytes).toContain(str('sum_prefill_tokens') + '00');
+    expect(hex(packVllmBatch(2, [], 0))).toBe('93' + 'cb4000000000000000' + '90' + '00');
+  });
+
   it('ActiveLoad (§3.2): KV blocks in use as kv_used_blocks, the other loads nil', () => {
     expect(hex(packActiveLoad(WORKER, 0, 120))).toBe(
-      '85' + str('worker_id') + 'd3694d9981145a61ad' + str('dp_rank') + '00' + str('active_decode_blocks') + 'c0' + str('active_prefill_tokens') + 'c0' + str('kv_used_blocks') + '78',
+      '85' + str('worker_id') + 'cf694d9981145a61ad' + str('dp_rank') + '00' + str('active_decode_blocks') + 'c0' + str('active_prefill_tokens') + 'c0' + str('kv_used_blocks') + '78',
     );
   });
 
