@@ -31,7 +31,6 @@ export class KvEventPublisher {
   private readonly js: JetStreamClient;
   private readonly encoder = new TextEncoder();
   private tail: Promise<unknown> = Promise.resolve();
-  published = 0;
   failed = 0;
 
   constructor(
@@ -50,7 +49,6 @@ export class KvEventPublisher {
   publish(events: readonly KvEvent[]): void {
     for (const event of events) {
       const ack = this.js.publish(this.subject, this.encoder.encode(routerEventJson(this.workerId, event)));
-      this.published++;
       this.tail = ack.catch((err: Error) => {
         this.failed++;
         this.log.warn(`KV event publish failed: ${err.message}`);
@@ -71,7 +69,6 @@ export class LoadPublisher {
   private readonly encoder = new TextEncoder();
   private readonly last: Array<{ activeBlocks: number; waiting: number } | null>;
   private readonly timers: Array<NodeJS.Timeout | null>;
-  published = 0;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -102,7 +99,6 @@ export class LoadPublisher {
     this.last[rank] = { activeBlocks: load.activeBlocks, waiting: load.waiting };
     if (this.nc.isClosed()) return;
     this.nc.publish(this.subject, this.encoder.encode(loadEventJson(this.workerId, load)));
-    this.published++;
   }
 
   stop(): void {

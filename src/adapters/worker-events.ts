@@ -28,7 +28,6 @@ type Wire = typeof import('../dynamo/event-plane-wire.js');
 class Publisher {
   readonly id = publisherId();
   private sequence = 0n;
-  published = 0;
 
   constructor(
     readonly topic: string,
@@ -39,7 +38,6 @@ class Publisher {
   publish(payload: Uint8Array): void {
     this.sink.send(this.id, this.sequence, this.wire.packEnvelope(this.id, this.sequence, Date.now(), this.topic, payload));
     this.sequence++;
-    this.published++;
   }
 }
 
@@ -124,11 +122,6 @@ export class WorkerEvents {
       this.publishLoad(rank);
       this.armHeartbeat(rank);
     }
-  }
-
-  /** Envelopes published so far, per topic (for logs and benchmarks). */
-  get published(): { kvEvents: number; load: number; forwardPass: number } {
-    return { kvEvents: this.kv.reduce((n, p) => n + p.published, 0), load: this.load?.published ?? 0, forwardPass: this.fpm?.published ?? 0 };
   }
 
   async stop(): Promise<void> {
