@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { median } from './lib/bench.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '3' }, scales: { type: 'string', default: '1,2,4' }, child: { type: 'string' } } });
@@ -35,7 +36,6 @@ if (values.child) {
   process.exit(0);
 }
 
-const median = (xs) => { const s = xs.slice().sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 const dir = join(root, '.bench');
 mkdirSync(dir, { recursive: true });
 if (!existsSync(join(root, 'dist/replay/run-replay.js'))) execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { fmt, median, stopChild as stop, streamLoad } from './lib/bench.mjs';
 import { start, startLocalServers } from './lib/local-servers.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -25,15 +26,12 @@ const runs = Number(values.runs);
 const tputRuns = Number(values['tput-runs']);
 const maxTokens = Number(values['max-tokens']);
 const concurrency = Number(values.concurrency);
-const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const fmt = (xs, d = 0) => `median ${median(xs).toFixed(d)} (min ${Math.min(...xs).toFixed(d)}, max ${Math.max(...xs).toFixed(d)})`;
 
 const servers = await startLocalServers();
 const { DynamoClient } = await import(join(root, 'dist', 'client', 'dynamo-client.js'));
 const client = await DynamoClient.connect({ env: servers });
 const model = join(root, 'test', 'fixtures', 'tiny-model');
 const bin = join(root, 'bin', 'dynamo-mocker');
-const stop = (w) => new Promise((resolve) => (w.child.once('exit', resolve), w.child.kill('SIGTERM')));
 const base = { DYN_TCP_RPC_HOST: '127.0.0.1' };
 let round = 0;
 
@@ -86,15 +84,7 @@ for (let i = 0; i < tputRuns; i++) {
     const ns = `tput${round++}`;
     const w = start(process.execPath, [bin, '--model-path', model, ...p.args, '--speedup-ratio', '0', '--max-num-seqs', String(concurrency)], { ...base, ...p.env, DYN_NAMESPACE: ns });
     const [inst] = await client.waitForInstances({ namespace: ns, component: 'backend', endpoint: 'generate' }, 1, 20000);
-    const t0 = performance.now();
-    const handles = await Promise.all(
-      Array.from({ length: concurrency }, (_, r) => client.generate(inst, { tokenIds: Array.from({ length: 128 }, (_, j) => ((r * 131 + j) % 2000) + 10), maxTokens })),
-    );
-    const results = await Promise.all(handles.map((h) => h.stream.done));
-    const elapsed = (Math.max(...results.map((r) => r.endedAt)) - t0) / 1000;
-    const tokens = results.reduce((s, r) => s + r.tokenIds.length, 0);
-    if (tokens !== concurrency * maxTokens) throw new Error(`${name}: expected ${concurrency * maxTokens} tokens, got ${tokens}`);
-    tput[name].push(tokens / elapsed);
+    tput[name].push((await streamLoad(client, inst, { concurrency, maxTokens, label: name })).tokensPerS);
     await stop(w);
   }
 }
