@@ -7,6 +7,7 @@ import type { PassResult } from '../core/scheduler.js';
 import type { KvEvent } from '../core/types.js';
 import { loadEventJson, routerEventJson, type RankLoad } from '../dynamo/event-messages.js';
 import type { EngineLoopHooks } from '../engine/engine-loop.js';
+import { RankDebounce } from './rank-debounce.js';
 
 /** Creates the stream if absent: subjects `{stream}.*`, `max_age` in seconds (DYN_NATS_STREAM_MAX_AGE). */
 export async function ensureKvEventStream(nc: NatsConnection, stream: string, maxAgeS: number): Promise<void> {
@@ -27,11 +28,10 @@ export async function ensureKvEventStream(nc: NatsConnection, stream: string, ma
   }
 }
 
-export class KvEventPublisher {
+class KvEventPublisher {
   private readonly js: JetStreamClient;
   private readonly encoder = new TextEncoder();
   private tail: Promise<unknown> = Promise.resolve();
-  failed = 0;
 
   constructor(
     nc: NatsConnection,
@@ -50,7 +50,6 @@ export class KvEventPublisher {
     for (const event of events) {
       const ack = this.js.publish(this.subject, this.encoder.encode(routerEventJson(this.workerId, event)));
       this.tail = ack.catch((err: Error) => {
-        this.failed++;
         this.log.warn(`KV event publish failed: ${err.message}`);
       });
     }
@@ -59,54 +58,6 @@ export class KvEventPublisher {
   /** Waits for the acks of everything published so far. */
   async flush(): Promise<void> {
     await this.tail;
-  }
-}
-
-/** Dynamo publishes 1 ms after the active blocks or the waiting count change. */
-const DEBOUNCE_MS = 1;
-
-export class LoadPublisher {
-  private readonly encoder = new TextEncoder();
-  private readonly last: Array<{ activeBlocks: number; waiting: number } | null>;
-  private readonly timers: Array<NodeJS.Timeout | null>;
-
-  constructor(
-    private readonly nc: NatsConnection,
-    private readonly subject: string,
-    private readonly workerId: bigint,
-    private readonly read: (rank: number) => RankLoad,
-    ranks: number,
-  ) {
-    this.last = Array.from({ length: ranks }, () => null);
-    this.timers = Array.from({ length: ranks }, () => null);
-  }
-
-  /** Call whenever a rank's load may have changed; publishes at most once per debounce window. */
-  changed(rank: number): void {
-    if (this.timers[rank]) return;
-    const load = this.read(rank);
-    const last = this.last[rank];
-    if (last && last.activeBlocks === load.activeBlocks && last.waiting === load.waiting) return;
-    this.timers[rank] = setTimeout(() => {
-      this.timers[rank] = null;
-      this.publishNow(rank);
-    }, DEBOUNCE_MS);
-  }
-
-  /** Publishes the rank's current load immediately (also used for the first value). */
-  publishNow(rank: number): void {
-    const load = this.read(rank);
-    this.last[rank] = { activeBlocks: load.activeBlocks, waiting: load.waiting };
-    if (this.nc.isClosed()) return;
-    this.nc.publish(this.subject, this.encoder.encode(loadEventJson(this.workerId, load)));
-  }
-
-  stop(): void {
-    for (let r = 0; r < this.timers.length; r++) {
-      const t = this.timers[r];
-      if (t) clearTimeout(t);
-      this.timers[r] = null;
-    }
   }
 }
 
@@ -128,11 +79,11 @@ export interface JetStreamEventOptions {
 /** One worker's 0.6.x events as engine-loop hooks: KV events at each pass start, load on every change. */
 export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks & { stop(): Promise<void> } {
   const kv = o.kvSubject !== null ? new KvEventPublisher(o.nats, o.kvSubject, o.workerId, o.log) : null;
-  const load = new LoadPublisher(
-    o.nats,
-    o.loadSubject,
-    o.workerId,
-    (rank) => {
+  const encoder = new TextEncoder();
+  // Dynamo publishes 1 ms after the active blocks or the waiting count change.
+  const load = new RankDebounce<RankLoad>({
+    ranks: o.engine.ranks.length,
+    read: (rank) => {
       const s = o.engine.ranks[rank].snapshot();
       return {
         dpRank: rank,
@@ -144,8 +95,11 @@ export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks &
         prefixHitRate: s.prefixHitRate,
       };
     },
-    o.engine.ranks.length,
-  );
+    same: (a, b) => a.activeBlocks === b.activeBlocks && a.waiting === b.waiting,
+    publish: (_rank, value) => {
+      if (!o.nats.isClosed()) o.nats.publish(o.loadSubject, encoder.encode(loadEventJson(o.workerId, value)));
+    },
+  });
   o.queues.forEach((queue, rank) => {
     queue.on('add', () => load.changed(rank));
     queue.on('next', () => load.changed(rank));

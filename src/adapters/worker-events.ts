@@ -10,11 +10,10 @@ import { KvEventBatcher } from '../dynamo/kv-event-batcher.js';
 import type { DiscoverySession } from '../dynamo/registration.js';
 import type { EngineLoopHooks } from '../engine/engine-loop.js';
 import type { EventSink, EventTransport } from './event-plane.js';
+import { RankDebounce } from './rank-debounce.js';
 
 /** Dynamo's IDLE_HEARTBEAT_INTERVAL: an idle rank reports an all-zero pass this often. */
 export const FPM_HEARTBEAT_MS = 1000;
-/** Dynamo publishes load 1 ms after it changes. */
-const LOAD_DEBOUNCE_MS = 1;
 
 /** Dynamo 1.4's `discovery_safe_publisher_id`: random, masked to 53 bits so it survives JSON readers. */
 function publisherId(): bigint {
@@ -64,8 +63,8 @@ export class WorkerEvents {
   private fpm: Publisher | null = null;
   private readonly fpmCounters: number[];
   private readonly heartbeats: Array<NodeJS.Timeout | null>;
-  private readonly loadTimers: Array<NodeJS.Timeout | null>;
-  private readonly lastLoad: Array<number | null>;
+  /** ActiveLoad: KV blocks in use per rank, 1 ms after a change. */
+  private readonly loads: RankDebounce<number>;
   private wire: Wire | null = null;
   private ready = false;
   private stopped = false;
@@ -76,8 +75,12 @@ export class WorkerEvents {
     this.pendingKv = Array.from({ length: ranks }, () => []);
     this.fpmCounters = Array.from({ length: ranks }, () => 0);
     this.heartbeats = Array.from({ length: ranks }, () => null);
-    this.loadTimers = Array.from({ length: ranks }, () => null);
-    this.lastLoad = Array.from({ length: ranks }, () => null);
+    this.loads = new RankDebounce({
+      ranks,
+      read: (rank) => o.engine.ranks[rank].pool.activeBlocks,
+      same: (a, b) => a === b,
+      publish: (rank, used) => this.load!.publish(this.wire!.packActiveLoad(o.session.instanceId, rank, used)),
+    });
     for (const rank of o.engine.ranks) rank.collectForwardPass = true;
     this.hooks = {
       onPassStart: (rank, result) => {
@@ -119,14 +122,15 @@ export class WorkerEvents {
       if (events.length) this.publishKv(rank, events.splice(0));
     });
     for (let rank = 0; rank < this.o.engine.ranks.length; rank++) {
-      this.publishLoad(rank);
+      this.loads.publishNow(rank);
       this.armHeartbeat(rank);
     }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const t of [...this.heartbeats, ...this.loadTimers]) if (t) clearTimeout(t);
+    for (const t of this.heartbeats) if (t) clearTimeout(t);
+    this.loads.stop();
     await Promise.all([...this.kv, this.load, this.fpm].map((p) => p?.sink.close()));
   }
 
@@ -140,21 +144,9 @@ export class WorkerEvents {
     for (const envelope of this.batchers[rank].batch(events)) this.kv[rank].publish(this.wire!.packRouterEvents(workerId, envelope));
   }
 
-  /** ActiveLoad of one rank, 1 ms after its KV usage changes (each rank on its own: no value is lost). */
+  /** ActiveLoad goes out only once the publishers run, and never after stop. */
   private loadChanged(rank: number): void {
-    if (!this.ready || this.stopped || this.loadTimers[rank]) return;
-    if (this.o.engine.ranks[rank].pool.activeBlocks === this.lastLoad[rank]) return;
-    this.loadTimers[rank] = setTimeout(() => {
-      this.loadTimers[rank] = null;
-      this.publishLoad(rank);
-    }, LOAD_DEBOUNCE_MS);
-  }
-
-  private publishLoad(rank: number): void {
-    const used = this.o.engine.ranks[rank].pool.activeBlocks;
-    if (!this.load || this.stopped || used === this.lastLoad[rank]) return;
-    this.lastLoad[rank] = used;
-    this.load.publish(this.wire!.packActiveLoad(this.o.session.instanceId, rank, used));
+    if (this.ready && !this.stopped) this.loads.changed(rank);
   }
 
   private forwardPass(rank: number, result: PassResult): void {
