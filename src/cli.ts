@@ -15,7 +15,6 @@ import { addRequestCommand } from './client/request-command.js';
 import { processIo, type CliIo } from './io.js';
 import { TraceError } from './replay/trace.js';
 
-export type { CliIo };
 
 const d = (value: unknown): string => ` (default: ${value})`;
 
@@ -72,7 +71,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
   program.action(async (opts: RawOptions) => {
     const config = parseWorkerConfig(opts, argv, io.env);
     const { runWorkerCommand } = await import('./worker-command.js');
-    exitCode.value = await runWorkerCommand(config, io);
+    exitCode.value = await runWorkerCommand(config);
   });
 
   const replay = new Command('replay')

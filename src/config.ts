@@ -263,12 +263,17 @@ export function parseNumber(flag: string, value: unknown, opts: { min?: number; 
   return n;
 }
 
+const TRUTHY = new Set(['1', 'true', 'yes', 'on']);
+const FALSY = new Set(['0', 'false', 'no', 'off']);
+
+/** A boolean as Dynamo's parse_bool_opt reads it; anything else is an error naming the flag or variable. */
 function parseBool(flag: string, value: unknown): boolean {
   if (typeof value === 'boolean') return value;
-  const text = asString(flag, value).toLowerCase();
-  if (['1', 'true', 'yes', 'on'].includes(text)) return true;
-  if (['0', 'false', 'no', 'off'].includes(text)) return false;
-  throw new ConfigError(flag, `must be a boolean, got '${text}'`);
+  const text = asString(flag, value);
+  const lower = text.toLowerCase();
+  if (TRUTHY.has(lower)) return true;
+  if (FALSY.has(lower)) return false;
+  throw new ConfigError(flag, `must be a boolean (true/false, 1/0, yes/no, on/off), got '${text}'`);
 }
 
 function readableFile(flag: string, path: string): string {
@@ -401,7 +406,6 @@ const nonEmpty = (v: string | undefined): string | undefined => {
   const t = v?.trim();
   return t ? t : undefined;
 };
-const TRUTHY = new Set(['1', 'true', 'yes', 'on']);
 
 function envInteger(env: Env, name: string, min: number, max: number): number | undefined {
   const raw = nonEmpty(env[name]);
@@ -459,13 +463,8 @@ export function systemServerSettings(env: Env, version: DynamoVersion = WORKER_D
 
 /** DYN_TCP_RPC_HOST / DYN_TCP_RPC_PORT and the worker-side DYN_TCP_* limits. */
 export function tcpServerSettings(env: Env): TcpServerSettings {
-  const host = nonEmpty(env.DYN_TCP_RPC_HOST) ?? null;
-  if (host !== null && isIP(host.replace(/^\[(.*)\]$/, '$1')) === 0) {
-    // The frontend parses the advertised address as a socket address: no host names.
-    throw new ConfigError('DYN_TCP_RPC_HOST', `must be an IP address (the frontend accepts no host names), got '${host}'`);
-  }
   return {
-    host: host === null ? null : host.replace(/^\[(.*)\]$/, '$1'),
+    host: envIp(env, 'DYN_TCP_RPC_HOST'),
     port: envInteger(env, 'DYN_TCP_RPC_PORT', 0, 65535) ?? TCP_SERVER_DEFAULTS.port,
     maxMessageBytes: envInteger(env, 'DYN_TCP_MAX_MESSAGE_SIZE', 64, 2 ** 32 - 1) ?? TCP_SERVER_DEFAULTS.maxMessageBytes,
     shrinkMessageBytes: envInteger(env, 'DYN_TCP_SHRINK_MESSAGE_SIZE', 1, 2 ** 32 - 1) ?? TCP_SERVER_DEFAULTS.shrinkMessageBytes,
@@ -530,13 +529,9 @@ export function deviceTypeFromEnv(env: Env): 'cpu' | 'cuda' {
   return nvidia === 'none' || nvidia === 'void' ? 'cpu' : 'cuda';
 }
 
-/** A boolean variable as Dynamo's parse_bool_opt reads it; anything else is an error naming it. */
 function envBool(env: Env, name: string, fallback: boolean): boolean {
-  const raw = nonEmpty(env[name])?.toLowerCase();
-  if (raw === undefined) return fallback;
-  if (TRUTHY.has(raw)) return true;
-  if (['0', 'false', 'no', 'off'].includes(raw)) return false;
-  throw new ConfigError(name, `must be a boolean (true/false, 1/0, yes/no, on/off), got '${env[name]}'`);
+  const raw = nonEmpty(env[name]);
+  return raw === undefined ? fallback : parseBool(name, raw);
 }
 
 /** A comma-separated port list with one base port per worker (Dynamo's --zmq-*-ports). */
@@ -553,7 +548,7 @@ function envIp(env: Env, name: string): string | null {
   const raw = nonEmpty(env[name]);
   if (raw === undefined) return null;
   const ip = raw.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(ip) === 0) throw new ConfigError(name, `must be an IP address, got '${raw}'`);
+  if (isIP(ip) === 0) throw new ConfigError(name, `must be an IP address (peers accept no host names), got '${raw}'`);
   return ip;
 }
 
@@ -589,7 +584,8 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const warnings: string[] = [];
   const system = systemServerSettings(env, dynamoVersion, warnings);
   const tcp = planes.requestPlane === 'tcp' ? tcpServerSettings(env) : tcpServerSettings({});
-  const zmqEvents = dynamoVersion === '1.4' && planes.eventPlane === 'zmq';
+  // Only 1.4 has the ZMQ event plane (planeSettings refuses it for 0.6.x).
+  const zmqEvents = planes.eventPlane === 'zmq';
   if (zmqEvents && (nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined || TRUTHY.has((env.DYN_ZMQ_BROKER_ENABLED ?? '').trim().toLowerCase()))) {
     const name = nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined ? 'DYN_ZMQ_BROKER_URL' : 'DYN_ZMQ_BROKER_ENABLED';
     throw new ConfigError(name, 'ZMQ broker mode is not supported: publishers bind their own PUB sockets (unset it, or use DYN_EVENT_PLANE=nats)');

@@ -1,11 +1,10 @@
 // The worker command: starts the configured workers and runs them until SIGINT/SIGTERM or a lost registration.
 import type { WorkerConfig } from './config.js';
-import type { CliIo } from './io.js';
 import { createLogger } from './log.js';
 import { StartAborted, startWorkers, type RunningWorkers } from './worker.js';
 
 /** Returns the exit code: 0 after a requested stop, 1 when the workers could not go on. */
-export async function runWorkerCommand(config: WorkerConfig, _io: CliIo): Promise<number> {
+export async function runWorkerCommand(config: WorkerConfig): Promise<number> {
   const log = createLogger(config.logLevel);
   // Signals are handled from the first moment: one that arrives while starting stops the start.
   const abort = new AbortController();

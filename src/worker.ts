@@ -3,6 +3,7 @@
 // Adapters load lazily: a worker on file discovery and the TCP plane never loads the etcd or NATS
 // clients, and one without a system status server never loads prom-client.
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import PQueue from 'p-queue';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
@@ -11,7 +12,7 @@ import { advertisedHost, hostPort } from './adapters/local-ip.js';
 import type { TcpRequestPlane } from './adapters/tcp-request-plane.js';
 import { RealClock } from './clock/clock.js';
 import type { WorkerConfig } from './config.js';
-import { Engine, type ModelLimits } from './core/engine.js';
+import { Engine, contextLimit, type ModelLimits } from './core/engine.js';
 import type { Transport } from './dynamo/discovery-records.js';
 import { generationOf, type Generation } from './dynamo/generation.js';
 import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
@@ -80,19 +81,6 @@ interface Shell {
   onLost: (reason: string) => void;
 }
 
-/** Waits `ms`, or less if `abort` fires first. */
-const delay = (ms: number, abort?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    if (abort?.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    abort?.addEventListener('abort', done, { once: true });
-    function done(): void {
-      clearTimeout(timer);
-      abort?.removeEventListener('abort', done);
-      resolve();
-    }
-  });
-
 /** `make` runs once, on the first call. */
 function memo<T>(make: () => Promise<T>): () => Promise<T> {
   let made: Promise<T> | null = null;
@@ -117,7 +105,6 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
   let resolveStopped!: (o: StopOutcome) => void;
   const stopped = new Promise<StopOutcome>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<StopOutcome> | null = null;
-  let lostReason: string | null = null;
   const stop = (reason: string, failed = false): Promise<StopOutcome> =>
     (stopping ??= (async () => {
       log.info(`${reason}: draining`);
@@ -132,7 +119,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     // 1. Connections and the model at once: the handshakes overlap with reading and hashing the
     //    model's files, and an unreachable server still fails within seconds (the first failure ends
     //    the start, without waiting for a model download).
-    const needsNats = config.requestPlane === 'nats' || generation.events === 'jetstream' || config.eventPlane === 'nats';
+    // 0.6.x's event plane is always NATS (config refuses anything else).
+    const needsNats = config.requestPlane === 'nats' || config.eventPlane === 'nats';
     const needsEtcd = config.discovery.backend === 'etcd';
     const connecting = (async () => {
       const [nats, etcd] = await Promise.all([
@@ -181,19 +169,19 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     const checked = await checkedFiles(files, blake3Hex);
 
     // 3. Metrics and the system status server (only when DYN_SYSTEM_PORT asks for it).
-    const histogramMaxLen = config.engine.maxModelLen ?? (info.contextLength || 32768);
+    const engineContextLength = contextLimit(config.engine.maxModelLen, info.contextLength);
     const metrics = config.system.enabled
       ? await (await import('./metrics/worker-metrics.js')).startWorkerMetrics({
           system: config.system,
           endpoint: config.endpoint,
           model: config.modelName,
           // Dynamo 1.x: /metadata (Kubernetes only) and the self-hosted card files.
-          metadataRoutes: config.dynamoVersion === '1.4',
+          metadataRoutes: generation.cardFiles === 'v1',
           health,
           startedAt,
-          histogramMaxLen,
-          // Dynamo 1.4 labels its vLLM series by model and rank only; several workers here need worker_id.
-          vllmWorkerLabel: config.dynamoVersion !== '1.4' || config.numWorkers > 1,
+          histogramMaxLen: engineContextLength ?? 32768,
+          // Several workers sharing this process's registry need worker_id to tell their series apart.
+          vllmWorkerLabel: generation.vllmSeriesByWorker || config.numWorkers > 1,
           log,
         })
       : null;
@@ -211,7 +199,6 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       cardFiles = placed.files;
       metrics?.serveFiles(placed.served);
     }
-    const engineContextLength = config.engine.maxModelLen ?? (info.contextLength > 0 ? info.contextLength : null);
     const cardJson = generation.card({
       displayName: config.modelName,
       sourcePath: files.source === 'local' && files.dir ? files.dir : config.modelPath,
@@ -279,20 +266,21 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
           : (await import('./adapters/event-plane.js')).zmqEventTransport(log, config.eventPlaneHost ?? undefined),
       ),
       onLost: (reason) => {
-        lostReason ??= reason;
         void stop(`registration lost (${reason})`, true);
       },
     };
 
     if (config.startupTimeS > 0) {
       log.info(`simulating a ${config.startupTimeS} s engine start`);
-      await delay(config.startupTimeS * 1000, abort);
+      // An abort ends the wait early; checkAbort() below turns it into the stop.
+      await sleep(config.startupTimeS * 1000, undefined, { signal: abort }).catch(() => {});
     }
     checkAbort();
     const workers: StartedWorker[] = [];
     // Workers stop together, so N of them drain within one grace period.
     closers.push(async () => void (await Promise.all(workers.map((w) => w.stop()))));
-    for (let i = 0; i < config.numWorkers && lostReason === null; i++) {
+    // A worker that lost its registration stops them all: start no more after that.
+    for (let i = 0; i < config.numWorkers && stopping === null; i++) {
       workers.push(await startWorker(shell, i));
       checkAbort();
     }

@@ -38,6 +38,11 @@ export interface EngineRequest {
 export type SubmitError = { ok: false; kind: 'invalid' | 'dp-rank' | 'too-long' | 'rejected'; reason: string };
 export type SubmitResult = { ok: true; seq: Sequence; rank: number } | SubmitError;
 
+/** --max-model-len, else the model's context length (0 = unknown: no limit). */
+export function contextLimit(maxModelLen: number | null | undefined, modelContextLength: number): number | null {
+  return maxModelLen ?? (modelContextLength > 0 ? modelContextLength : null);
+}
+
 export class Engine {
   readonly ranks: Scheduler[];
   private nextRank = 0;
@@ -53,9 +58,9 @@ export class Engine {
     for (let r = 0; r < setup.dataParallelSize; r++) this.ranks.push(new Scheduler(setup, timing, hasher, r));
   }
 
-  /** The context limit requests are held to: --max-model-len, else the model's context length. */
+  /** The context limit requests are held to. */
   get contextLimit(): number | null {
-    return this.setup.maxModelLen ?? (this.model.contextLength > 0 ? this.model.contextLength : null);
+    return contextLimit(this.setup.maxModelLen, this.model.contextLength);
   }
 
   /** Exact output length for a prompt, or an error when the request cannot be served. */

@@ -21,7 +21,6 @@ export interface CardInput {
 }
 
 export interface Generation {
-  version: DynamoVersion;
   /** The runtime version a NATS micro service reports ($SRV.INFO). */
   runtimeVersion: string;
   /** Whether the call-home stream ends with the sentinel after the frontend's stop or kill. */
@@ -33,6 +32,8 @@ export interface Generation {
   events: 'jetstream' | 'event-plane';
   /** Where card files are published: local paths, the NATS object store (0.6.0), or the 1.x rules. */
   cardFiles: 'local-paths' | 'object-store' | 'v1';
+  /** Whether the vLLM-named series carry `worker_id` (1.4's mocker labels them by model and rank only). */
+  vllmSeriesByWorker: boolean;
   card(input: CardInput): string;
   /** The value under v1/mdc/…/{id}. */
   modelRecord(ep: EndpointId, id: bigint, cardJson: string): string;
@@ -44,11 +45,11 @@ export interface Generation {
 
 function legacy(version: '0.6.0' | '0.6.1'): Generation {
   return {
-    version,
     runtimeVersion: version,
     sentinelAfterStop: true,
     events: 'jetstream',
     cardFiles: version === '0.6.0' ? 'object-store' : 'local-paths',
+    vllmSeriesByWorker: true,
     card: (c) =>
       buildModelCard({ displayName: c.displayName, files: c.files, contextLength: c.modelContextLength, blockSize: c.blockSize, runtime: c.runtime }),
     // 0.6.x stores the bare card under v1/mdc.
@@ -64,12 +65,12 @@ function legacy(version: '0.6.0' | '0.6.1'): Generation {
 
 function v14(deviceType: 'cpu' | 'cuda'): Generation {
   return {
-    version: '1.4',
     // The newest 1.4 release, whose wire this generation speaks.
     runtimeVersion: '1.4.2',
     sentinelAfterStop: false,
     events: 'event-plane',
     cardFiles: 'v1',
+    vllmSeriesByWorker: false,
     card: (c) =>
       buildModelCard1x({
         displayName: c.displayName,

@@ -85,7 +85,8 @@ export function buildModelCard1x(input: ModelCard1xInput): string {
   const file = (kind: CardFileKind) => {
     const f = input.files.get(kind);
     if (!f) return undefined;
-    return f.size === undefined ? { path: f.path, checksum: f.checksum } : { path: f.path, checksum: f.checksum, size: f.size };
+    // stringifyJson leaves out an undefined size.
+    return { path: f.path, checksum: f.checksum, size: f.size };
   };
   const wrap = (tag: string, kind: CardFileKind) => {
     const f = file(kind);
