@@ -492,6 +492,11 @@ function choose<T extends string>(
   return { value: value as T, source: source ?? 'default' };
 }
 
+/** DYN_FILE_KV, else `$TMPDIR/dynamo_store_kv`: the root of file discovery (worker and client alike). */
+export function fileKvRoot(env: Env): string {
+  return nonEmpty(env.DYN_FILE_KV) ?? `${(nonEmpty(env.TMPDIR) ?? '/tmp').replace(/\/+$/, '')}/dynamo_store_kv`;
+}
+
 /** Discovery backend, request plane and event plane, checked against what the generation can do. */
 function planeSettings(raw: RawOptions, env: Env, version: DynamoVersion): Pick<WorkerConfig, 'discovery' | 'requestPlane' | 'eventPlane'> {
   const g = GENERATION_PLANES[version];
@@ -510,7 +515,7 @@ function planeSettings(raw: RawOptions, env: Env, version: DynamoVersion): Pick<
   if (!g.requestPlanes.includes(requestPlane.value)) throw refuse(requestPlane.source, requestPlane.value, g.requestPlanes);
   if (!g.eventPlanes.includes(eventPlane.value)) throw refuse(eventPlane.source, eventPlane.value, g.eventPlanes);
   return {
-    discovery: { backend: discovery.value, fileRoot: nonEmpty(env.DYN_FILE_KV) ?? `${(nonEmpty(env.TMPDIR) ?? '/tmp').replace(/\/+$/, '')}/dynamo_store_kv` },
+    discovery: { backend: discovery.value, fileRoot: fileKvRoot(env) },
     requestPlane: requestPlane.value,
     eventPlane: eventPlane.value,
   };

@@ -1,8 +1,9 @@
 // The response plane: the worker's side of Dynamo's TCP "call home" stream (handshake, prologue, items, sentinel).
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { TwoPartStreamDecoder, encodeTwoPartText, type Xxh3Seed0 } from '../dynamo/two-part-codec.js';
 import { SENTINEL_HEADER, completeFinalBody, handshakeHeader, parseControlMessage, prologueHeader, type ConnectionInfo } from '../dynamo/messages.js';
 import type { OpenSink, ResponseSink, StopMessage } from '../serving/response-sink.js';
+import { connectTcp, splitHostPort } from './tcp-connect.js';
 
 /** After the sentinel, the frontend closes first; a worker waits this long for it at most. */
 const LINGER_MS = 10_000;
@@ -11,24 +12,16 @@ export class ResponseStreamError extends Error {
   override name = 'ResponseStreamError';
 }
 
-function splitAddress(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(':');
-  const port = Number(address.slice(i + 1));
-  let host = address.slice(0, i);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  if (i <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new ResponseStreamError(`bad stream address '${address}'`);
-  return { host, port };
-}
-
 export interface CallHomeOptions {
   /**
    * Whether the stream still ends with the sentinel after the frontend's stop or kill. Dynamo 0.6.x
    * sends it; from 0.8 the worker just closes (frontends of every version accept both).
    */
   sentinelAfterStop: boolean;
-  /** How long to wait for the frontend's stream server to accept the connection. */
-  connectTimeoutMs?: number;
 }
+
+/** How long to wait for the frontend's stream server to accept the connection. */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 export class CallHomeStream implements ResponseSink {
   private readonly decoder: TwoPartStreamDecoder;
@@ -67,34 +60,14 @@ export class CallHomeStream implements ResponseSink {
   }
 
   /** Connects to the frontend's stream server and sends the handshake. */
-  static open(info: ConnectionInfo, xxh: Xxh3Seed0, opts: CallHomeOptions): Promise<CallHomeStream> {
-    const timeoutMs = opts.connectTimeoutMs ?? 10_000;
-    return new Promise((resolve, reject) => {
-      let target: { host: string; port: number };
-      try {
-        target = splitAddress(info.address);
-      } catch (err) {
-        reject(err);
-        return;
-      }
-      const socket = new Socket();
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new ResponseStreamError(`call-home connection to ${info.address} timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(new ResponseStreamError(`call-home connection to ${info.address} failed: ${err.message}`));
-      });
-      socket.connect(target.port, target.host, () => {
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        socket.setNoDelay(true);
-        const stream = new CallHomeStream(socket, xxh, opts.sentinelAfterStop);
-        stream.write(handshakeHeader(info.subject), '');
-        resolve(stream);
-      });
-    });
+  static async open(info: ConnectionInfo, xxh: Xxh3Seed0, opts: CallHomeOptions): Promise<CallHomeStream> {
+    // The address comes from the request: a bad one is the frontend's error, named as such.
+    if (!splitHostPort(info.address)) throw new ResponseStreamError(`bad stream address '${info.address}'`);
+    const socket = await connectTcp(info.address, CONNECT_TIMEOUT_MS, 'call-home connection', (m) => new ResponseStreamError(m));
+    socket.setNoDelay(true);
+    const stream = new CallHomeStream(socket, xxh, opts.sentinelAfterStop);
+    stream.write(handshakeHeader(info.subject), '');
+    return stream;
   }
 
   /** True once the frontend closed the connection or it failed. */

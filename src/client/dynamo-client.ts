@@ -4,9 +4,9 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Etcd3 } from 'etcd3';
 import type { NatsConnection } from 'nats';
-import type { EndpointId } from '../config.js';
+import { fileKvRoot, type EndpointId } from '../config.js';
 import { parseJson, stringifyJson, type JsonValue } from '../dynamo/lossless-json.js';
-import { instancePrefix, leaseHex, serviceName } from '../dynamo/names.js';
+import { instancePrefix, requestSubject } from '../dynamo/names.js';
 import { encodeTwoPartText } from '../dynamo/two-part-codec.js';
 import { createXxh3, type Xxh3Hasher } from '../hashing/xxh3.js';
 import { etcdReader, fileReader, type DiscoveryReader } from './discovery-reader.js';
@@ -20,8 +20,6 @@ export interface Instance {
   key: string;
   /** The record as parsed (u64 values as BigInt). */
   record: JsonValue;
-  /** The record's bytes as stored. */
-  text: string;
   /** A 1.x `{"type":"Endpoint",…}` record (else a 0.6.x one). */
   tagged: boolean;
   transport: InstanceTransport;
@@ -126,10 +124,10 @@ export function parseInstance(ep: EndpointId, key: string, text: string): Instan
     transport = { kind: 'nats', subject: r.transport.nats_tcp };
   } else {
     // 0.6.x frontends recompute it: {slug(ns_component)}.{endpoint}-{hex}.
-    transport = { kind: 'nats', subject: `${serviceName(ep)}.${ep.endpoint}-${leaseHex(instanceId)}` };
+    transport = { kind: 'nats', subject: requestSubject(ep, instanceId) };
   }
   const subject = transport.kind === 'nats' ? transport.subject : `${transport.address}/${transport.path}`;
-  return { instanceId, key, record, text, tagged, transport, subject };
+  return { instanceId, key, record, tagged, transport, subject };
 }
 
 type Env = Record<string, string | undefined>;
@@ -173,7 +171,7 @@ export class DynamoClient {
     const discovery = opts.discovery ?? (env.DYN_DISCOVERY_BACKEND === 'file' ? 'file' : 'etcd');
     const etcd = opts.etcd ?? (discovery === 'etcd' ? await (await import('../adapters/etcd-connection.js')).connectEtcd(env) : null);
     const nats = opts.nats ?? (env.NATS_SERVER ? await (await import('../adapters/nats-connection.js')).connectNats(env) : null);
-    const root = opts.fileRoot ?? (env.DYN_FILE_KV || `${(env.TMPDIR || '/tmp').replace(/\/+$/, '')}/dynamo_store_kv`);
+    const root = opts.fileRoot ?? fileKvRoot(env);
     const reader = etcd ? etcdReader(etcd) : fileReader(root);
     const xxh = await createXxh3();
     const streams = await startStreamServer(xxh, env.DYN_TCP_RESPONSE_STREAM_HOST || '127.0.0.1', positive(env.DYN_TCP_RESPONSE_STREAM_PORT, 0));

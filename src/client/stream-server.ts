@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { hostPort } from '../adapters/local-ip.js';
 import { parseJson, type JsonValue } from '../dynamo/lossless-json.js';
 import { TwoPartStreamDecoder, encodeTwoPartText, type TwoPartMessage, type Xxh3Seed0 } from '../dynamo/two-part-codec.js';
 
@@ -225,7 +226,7 @@ export async function startStreamServer(xxh: Xxh3Seed0, host = '127.0.0.1', port
   await new Promise<void>((resolve) => server.listen(port, host, () => resolve()));
   const bound = (server.address() as AddressInfo).port;
   return {
-    address: host.includes(':') ? `[${host}]:${bound}` : `${host}:${bound}`,
+    address: hostPort(host, bound),
     register() {
       const s: PendingStream = new PendingStream(xxh, () => pending.delete(s.subject));
       pending.set(s.subject, s);

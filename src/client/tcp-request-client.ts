@@ -1,7 +1,8 @@
 // Frontend side of the TCP request plane, pooled as Dynamo's frontend does it: requests share a connection
 // (pipelined, one reply per request, in order) until it has DYN_TCP_CHANNEL_BUFFER of them unanswered;
 // only then does the pool grow, up to DYN_TCP_POOL_SIZE connections.
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectTcp } from '../adapters/tcp-connect.js';
 import { TcpResponseDecoder, encodeTcpRequest } from '../dynamo/tcp-request-codec.js';
 
 export interface TcpClientOptions {
@@ -46,13 +47,6 @@ class Connection {
     socket.on('close', fail);
     socket.on('error', fail);
   }
-}
-
-function splitHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(':');
-  let host = address.slice(0, i);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port: Number(address.slice(i + 1)) };
 }
 
 export class TcpRequestClient {
@@ -126,24 +120,8 @@ export class TcpRequestClient {
     }
   }
 
-  private open(address: string): Promise<Connection> {
-    const { host, port } = splitHostPort(address);
-    return new Promise((resolve, reject) => {
-      const socket = new Socket();
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`TCP connection to ${address} timed out after ${this.o.connectTimeoutMs} ms`));
-      }, this.o.connectTimeoutMs);
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(new Error(`TCP connection to ${address} failed: ${err.message}`));
-      });
-      socket.connect(port, host, () => {
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        resolve(new Connection(socket));
-      });
-    });
+  private async open(address: string): Promise<Connection> {
+    return new Connection(await connectTcp(address, this.o.connectTimeoutMs, 'TCP connection'));
   }
 
   close(): void {

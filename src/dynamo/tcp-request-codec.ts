@@ -21,10 +21,12 @@
 // a routing matter, not a framing one) and unreadable headers are ignored: they only carry tracing
 // hints. Only a frame over DYN_TCP_MAX_MESSAGE_SIZE breaks the stream.
 
+import { TCP_SERVER_DEFAULTS } from '../config.js';
 import { TWO_PART_PREFIX_BYTES } from './two-part-codec.js';
 
-/** Dynamo's DYN_TCP_MAX_MESSAGE_SIZE default: 32 MiB for the whole frame. */
-export const TCP_MAX_MESSAGE_BYTES_DEFAULT = 32 * 1024 * 1024;
+/** A request is about a kilobyte of JSON per 200 prompt tokens; the buffer grows as needed. */
+const INITIAL_BUFFER_BYTES = 4096;
+
 /** The empty reply that accepts a request. */
 export const TCP_ACK: Uint8Array = new Uint8Array(4);
 
@@ -85,16 +87,12 @@ export class TcpRequestDecoder {
   private end = 0;
   private failure: TcpFrameError | null = null;
   private lastFormat: TcpFrameFormat | null = null;
-  private readonly initialBytes: number;
 
   constructor(
-    private readonly maxMessageBytes = TCP_MAX_MESSAGE_BYTES_DEFAULT,
-    private readonly shrinkBytes = 8 * 1024 * 1024,
-    // A request is about a kilobyte of JSON per 200 prompt tokens; the buffer grows as needed.
-    initialBytes = 4096,
+    private readonly maxMessageBytes = TCP_SERVER_DEFAULTS.maxMessageBytes,
+    private readonly shrinkBytes = TCP_SERVER_DEFAULTS.shrinkMessageBytes,
   ) {
-    this.initialBytes = initialBytes;
-    this.buf = new Uint8Array(initialBytes);
+    this.buf = new Uint8Array(INITIAL_BUFFER_BYTES);
   }
 
   /** Why the stream cannot be framed any more, or null. */
@@ -124,7 +122,7 @@ export class TcpRequestDecoder {
     }
     if (this.start === this.end) {
       this.start = this.end = 0;
-      if (this.buf.length > this.shrinkBytes) this.buf = new Uint8Array(this.initialBytes);
+      if (this.buf.length > this.shrinkBytes) this.buf = new Uint8Array(INITIAL_BUFFER_BYTES);
     }
     return out;
   }

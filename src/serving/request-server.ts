@@ -5,7 +5,7 @@ import type { Sequence } from '../core/sequence.js';
 import type { EngineLoop } from '../engine/engine-loop.js';
 import { TwoPartError, decodeTwoPart, type Xxh3Seed0 } from '../dynamo/two-part-codec.js';
 import { llmDataItemBody, parsePreprocessedRequest, parseRequestControl, type PreprocessedRequest, type RequestControl } from '../dynamo/messages.js';
-import type { RequestMetrics, RequestObserver, RequestTracker, WorkErrorType } from '../metrics/request-metrics.js';
+import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver, type RequestTracker, type WorkErrorType } from '../metrics/request-metrics.js';
 import type { OpenSink, ResponseSink } from './response-sink.js';
 
 export interface RequestServerOptions {
@@ -109,7 +109,8 @@ export async function refuseUnrouted(
   o: Pick<RequestServerOptions, 'xxh' | 'metrics' | 'log' | 'openSink'>,
 ): Promise<void> {
   o.metrics.error(type);
-  const decoded = decodeRequestFrame(payload, o.xxh, { error() {} }, o.log);
+  // Only the fault is counted: what else is wrong with a frame that reached no worker is moot.
+  const decoded = decodeRequestFrame(payload, o.xxh, NO_REQUEST_METRICS, o.log);
   o.log.warn({ request_id: decoded?.control.id }, `refusing request: ${message}`);
   if (decoded === null) return;
   try {
@@ -194,8 +195,9 @@ export class RequestServer {
         sink.sendPrologue(message);
         sink.end();
       };
-      if (fault !== null) return refuse(fault.type, fault.message);
-      if (decoded.refusal !== null) return refuse(decoded.refusal.type, decoded.refusal.message);
+      // The transport's fault first, then what decoding found.
+      const refusal = fault ?? decoded.refusal;
+      if (refusal !== null) return refuse(refusal.type, refusal.message);
       let req: PreprocessedRequest;
       try {
         req = parsePreprocessedRequest(decoded.body);
