@@ -1,9 +1,10 @@
 // What a command may touch of the process: its output streams and environment (tests pass their own).
+import type { Env } from './config.js';
 
 export interface CliIo {
   out: (text: string) => void;
   err: (text: string) => void;
-  env: Record<string, string | undefined>;
+  env: Env;
   isTty: boolean;
 }
 

@@ -5,8 +5,6 @@ export class ConnectionError extends Error {
   override name = 'ConnectionError';
 }
 
-export type Env = Record<string, string | undefined>;
-
 /** How long a start-up connection attempt may take. */
 export const DEFAULT_TIMEOUT_MS = 3000;
 

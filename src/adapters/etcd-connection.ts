@@ -1,7 +1,8 @@
 // Connects to etcd the way Dynamo reads it from the environment, failing within seconds with one line
 // that names the URL and the variable.
 import { Etcd3, type IOptions } from 'etcd3';
-import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact, type Env } from './connection-error.js';
+import type { Env } from '../config.js';
+import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact } from './connection-error.js';
 
 export { ConnectionError };
 

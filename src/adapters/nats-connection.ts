@@ -2,7 +2,8 @@
 // seconds with one line that names the URL and the variable.
 import { connect, credsAuthenticator, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
 import { readFileSync } from 'node:fs';
-import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact, type Env } from './connection-error.js';
+import type { Env } from '../config.js';
+import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact } from './connection-error.js';
 
 export { ConnectionError };
 

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Etcd3 } from 'etcd3';
 import type { NatsConnection } from 'nats';
-import { fileKvRoot, type EndpointId } from '../config.js';
+import { fileKvRoot, type EndpointId, type Env } from '../config.js';
 import { parseJson, stringifyJson, type JsonValue } from '../dynamo/lossless-json.js';
 import { instancePrefix, requestSubject } from '../dynamo/names.js';
 import { encodeTwoPartText } from '../dynamo/two-part-codec.js';
@@ -130,7 +130,6 @@ export function parseInstance(ep: EndpointId, key: string, text: string): Instan
   return { instanceId, key, record, tagged, transport, subject };
 }
 
-type Env = Record<string, string | undefined>;
 
 export interface ClientOptions {
   env?: Env;
