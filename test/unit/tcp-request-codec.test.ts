@@ -8,6 +8,7 @@ import {
   encodeTcpRequestV08,
 } from '../../src/dynamo/tcp-request-codec.js';
 import { TWO_PART_PREFIX_BYTES } from '../../src/dynamo/two-part-codec.js';
+import { concatBytes } from '../helpers/bytes.js';
 
 const enc = new TextEncoder();
 const PATH = '694d9981145a61ad/generate';
@@ -23,15 +24,7 @@ function payload(size: number, fill = 0x41): Uint8Array {
   return p;
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
+const concat = concatBytes;
 
 /** Hand-built 0.9 frame, independent of encodeTcpRequest. */
 function frame09(path: string, headersText: string, body: Uint8Array): Uint8Array {

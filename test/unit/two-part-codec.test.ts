@@ -10,6 +10,7 @@ import {
   type TwoPartMessage,
 } from '../../src/dynamo/two-part-codec.js';
 import { createXxh3, type Xxh3Hasher } from '../../src/hashing/xxh3.js';
+import { concatBytes } from '../helpers/bytes.js';
 
 let xxh: Xxh3Hasher;
 beforeAll(async () => {
@@ -139,15 +140,7 @@ describe('TwoPartStreamDecoder', () => {
     encodeTwoPartText('"sentinel"', '', xxh),
   ];
   const expected = () => frames().map((f) => text(decodeTwoPart(f, xxh)));
-  const concat = (parts: Uint8Array[]) => {
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  };
+  const concat = (parts: Uint8Array[]) => concatBytes(...parts);
 
   it('decodes several frames in one chunk', () => {
     const d = new TwoPartStreamDecoder({ xxh });
