@@ -2,7 +2,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import {
   ConfigError,
+  DISAGG_DEFAULTS,
   DYNAMO_VERSIONS,
+  KV_CACHE_DTYPES,
   ENGINE_DEFAULTS,
   REPLAY_DEFAULTS,
   WORKER_DEFAULTS,
@@ -40,6 +42,21 @@ function addEngineOptions(cmd: Command): Command {
     .option('--seed <n>', `seed for every random choice${d(ENGINE_DEFAULTS.seed)}`);
 }
 
+/** How a prompt's KV cache moves from a prefill to a decode worker (worker and replay). */
+function addKvTransferOptions(cmd: Command): Command {
+  const t = DISAGG_DEFAULTS.kvTransfer;
+  return cmd
+    .option('--kv-transfer-bandwidth <GB/s>', `prefill → decode KV transfer bandwidth; 0 disables the transfer delay${d(t.bandwidthGBps)}`)
+    .option('--kv-bytes-per-token <n>', 'KV cache bytes per token (default: from the model config: layers × 2 × KV heads × head dim × dtype bytes)')
+    .addOption(new Option('--kv-cache-dtype <dtype>', `KV cache dtype for --kv-bytes-per-token${d(DISAGG_DEFAULTS.kvCacheDtype)}`).choices([...KV_CACHE_DTYPES]))
+    .addOption(
+      new Option('--kv-transfer-timing-mode <mode>', `tokens the transfer delay counts: the whole prompt, or those the decode worker lacks${d(t.timingMode)}`).choices([
+        'full_prompt',
+        'destination_missing',
+      ]),
+    );
+}
+
 export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { value: number }): Command {
   const program = new Command('dynamo-mocker')
     .description("GPU-free stand-in for NVIDIA Dynamo's mocker worker (python -m dynamo.mocker)")
@@ -66,8 +83,19 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .addOption(new Option('--event-plane <plane>', '1.4: the event plane for KV events, load and forward-pass metrics, zmq or nats (default: $DYN_EVENT_PLANE, else zmq)'))
     .option('--no-kv-events', 'publish no KV events although prefix caching is on (the card says so); load and forward-pass metrics still go out')
     .option('--zmq-kv-events-ports <ports>', "vLLM's own KV-event stream: one base port per worker, DP rank r on base + r (default: off)")
-    .option('--zmq-replay-ports <ports>', 'with --zmq-kv-events-ports: replay ROUTER base ports, one per worker (default: off)');
+    .option('--zmq-replay-ports <ports>', 'with --zmq-kv-events-ports: replay ROUTER base ports, one per worker (default: off)')
+    .addOption(
+      new Option('--disaggregation-mode <mode>', 'disaggregated serving role: agg, prefill (default endpoint dyn://${DYN_NAMESPACE:-dynamo}.prefill.generate) or decode (default: agg)').choices([
+        'agg',
+        'prefill',
+        'decode',
+      ]),
+    )
+    .option('--is-prefill-worker', 'deprecated: --disaggregation-mode prefill')
+    .option('--is-decode-worker', 'deprecated: --disaggregation-mode decode')
+    .option('--bootstrap-ports <ports>', "prefill workers: the bootstrap (handoff) server's port, one per worker (default: none, no bootstrap sessions)");
   addEngineOptions(program);
+  addKvTransferOptions(program);
   program.action(async (opts: RawOptions) => {
     const config = parseWorkerConfig(opts, argv, io.env);
     const { runWorkerCommand } = await import('./worker-command.js');
@@ -87,6 +115,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--model-path <path>', 'local model directory or cached repo id for vocabulary and context length')
     .option('--no-progress', 'do not print progress to stderr');
   addEngineOptions(replay);
+  addKvTransferOptions(replay);
   replay.action(async (opts: RawOptions) => {
     const config = parseReplayConfig(opts, argv);
     const { runReplay } = await import('./replay/run-replay.js');

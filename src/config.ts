@@ -1,7 +1,8 @@
 // One typed configuration: defaults declared once, every flag and DYN_* variable validated in one place.
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import type { EngineConfig, PreemptionMode } from './core/types.js';
+import { KV_TRANSFER_DEFAULTS, type KvTransferSettings, type KvTransferTimingMode } from './core/kv-transfer.js';
+import type { EngineConfig, PreemptionMode, WorkerType } from './core/types.js';
 
 /** Raised for any bad flag, environment variable or file; the CLI prints it and exits with code 2. */
 export class ConfigError extends Error {
@@ -68,6 +69,21 @@ export const TCP_SERVER_DEFAULTS = {
   workQueueSize: 40_000,
 } as const;
 
+/** Disaggregated serving (Dynamo's mocker flags and MockEngineArgs defaults). */
+export const DISAGG_DEFAULTS = {
+  workerType: 'aggregated' as WorkerType,
+  kvTransfer: KV_TRANSFER_DEFAULTS,
+  /** --kv-cache-dtype: "auto" takes the model config's dtype. */
+  kvCacheDtype: 'auto',
+  /** handoff_session_timeout_ms: how long a bootstrap session may take after rendezvous. */
+  handoffSessionTimeoutMs: 300_000,
+  /** How long the first side of a bootstrap session waits for the other (Dynamo's RENDEZVOUS_TIMEOUT). */
+  rendezvousTimeoutMs: 30_000,
+} as const;
+
+/** --kv-cache-dtype values (Dynamo's choices plus the plain float names). */
+export const KV_CACHE_DTYPES = ['auto', 'bfloat16', 'float16', 'float32', 'bf16', 'fp16', 'fp32', 'fp8', 'fp8_ds_mla', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc'] as const;
+
 export const REPLAY_DEFAULTS = {
   traceBlockSize: 512,
   arrivalSpeedup: 1.0,
@@ -102,6 +118,24 @@ export interface EngineSettings extends EngineConfig {
   dataParallelSize: number;
   plannerProfileData: string | null;
   seed: number;
+}
+
+/** The KV transfer between a prefill and a decode worker, as configured (bytes per token may still be derived from the model). */
+export interface KvTransferConfig extends KvTransferSettings {
+  /** --kv-cache-dtype, used when --kv-bytes-per-token is not given. */
+  cacheDtype: string;
+}
+
+/** Disaggregated prefill/decode serving. */
+export interface DisaggSettings {
+  workerType: WorkerType;
+  /** --bootstrap-ports: per worker, the port of a prefill worker's bootstrap (DMHF) server; null = none. */
+  bootstrapPorts: number[] | null;
+  /** DYN_HTTP_RPC_HOST: the bootstrap host the prefill card advertises; null = the local IP. */
+  bootstrapHost: string | null;
+  kvTransfer: KvTransferConfig;
+  handoffSessionTimeoutMs: number;
+  rendezvousTimeoutMs: number;
 }
 
 export interface EndpointId {
@@ -141,6 +175,7 @@ export interface DiscoverySettings {
 
 export interface WorkerConfig {
   engine: EngineSettings;
+  disagg: DisaggSettings;
   modelPath: string;
   modelName: string;
   endpoint: EndpointId;
@@ -177,6 +212,7 @@ export interface WorkerConfig {
 
 export interface ReplayConfig {
   engine: EngineSettings;
+  kvTransfer: KvTransferConfig;
   modelPath: string | null;
   tracePath: string;
   traceBlockSize: number;
@@ -209,6 +245,10 @@ const EXTRA_ENGINE_ARG_KEYS: Record<string, string> = {
   planner_profile_data: 'plannerProfileData',
   preemption_mode: 'preemptionMode',
   max_model_len: 'maxModelLen',
+  kv_transfer_bandwidth: 'kvTransferBandwidth',
+  kv_bytes_per_token: 'kvBytesPerToken',
+  kv_transfer_timing_mode: 'kvTransferTimingMode',
+  handoff_session_timeout_ms: 'handoffSessionTimeoutMs',
 };
 
 /** The kebab-case flag that sets a given option, for error messages. */
@@ -228,6 +268,10 @@ const FLAG_OF: Record<string, string> = {
   plannerProfileData: '--planner-profile-data',
   maxModelLen: '--max-model-len',
   seed: '--seed',
+  kvTransferBandwidth: '--kv-transfer-bandwidth',
+  kvBytesPerToken: '--kv-bytes-per-token',
+  kvTransferTimingMode: '--kv-transfer-timing-mode',
+  bootstrapPorts: '--bootstrap-ports',
 };
 
 function flagOf(key: string): string {
@@ -320,10 +364,80 @@ function checkExclusive(argv: readonly string[]): void {
 }
 
 /** Validates the engine flags (after applying --extra-engine-args over them). */
-export function parseEngineSettings(rawFlags: RawOptions, argv: readonly string[]): EngineSettings & { startupTimeS: number } {
-  checkExclusive(argv);
+/** --extra-engine-args applied over the flags (its values win, as in Dynamo). */
+function withExtraEngineArgs(rawFlags: RawOptions): RawOptions {
   const raw: RawOptions = { ...rawFlags };
   if (raw.extraEngineArgs !== undefined) Object.assign(raw, readExtraEngineArgs(asString('--extra-engine-args', raw.extraEngineArgs)));
+  return raw;
+}
+
+/** The KV-transfer flags (worker and replay): bandwidth, bytes per token, dtype, timing mode. */
+export function parseKvTransfer(rawFlags: RawOptions): KvTransferConfig {
+  const raw = withExtraEngineArgs(rawFlags);
+  const bandwidthGBps =
+    raw.kvTransferBandwidth === undefined ? KV_TRANSFER_DEFAULTS.bandwidthGBps : parseNumber(flagOf('kvTransferBandwidth'), raw.kvTransferBandwidth, { min: 0 });
+  const bytesPerToken = raw.kvBytesPerToken === undefined ? null : parseInteger(flagOf('kvBytesPerToken'), raw.kvBytesPerToken, 1);
+  let timingMode: KvTransferTimingMode = KV_TRANSFER_DEFAULTS.timingMode;
+  if (raw.kvTransferTimingMode !== undefined) {
+    const m = asString(flagOf('kvTransferTimingMode'), raw.kvTransferTimingMode).toLowerCase();
+    if (m !== 'full_prompt' && m !== 'destination_missing') {
+      throw new ConfigError(flagOf('kvTransferTimingMode'), `must be 'full_prompt' or 'destination_missing', got '${m}'`);
+    }
+    timingMode = m;
+  }
+  let cacheDtype: string = DISAGG_DEFAULTS.kvCacheDtype;
+  if (raw.kvCacheDtype !== undefined) {
+    cacheDtype = asString('--kv-cache-dtype', raw.kvCacheDtype).toLowerCase();
+    if (!(KV_CACHE_DTYPES as readonly string[]).includes(cacheDtype)) {
+      throw new ConfigError('--kv-cache-dtype', `must be one of ${KV_CACHE_DTYPES.join(', ')}, got '${cacheDtype}'`);
+    }
+  }
+  return { bandwidthGBps, bytesPerToken, timingMode, cacheDtype };
+}
+
+/** --disaggregation-mode, or its deprecated spellings (never both), and the bootstrap and handoff settings. */
+function parseDisagg(rawFlags: RawOptions, env: Env, numWorkers: number, warnings: string[]): DisaggSettings {
+  const raw = withExtraEngineArgs(rawFlags);
+  const legacyPrefill = raw.isPrefillWorker === true;
+  const legacyDecode = raw.isDecodeWorker === true;
+  if (legacyPrefill && legacyDecode) {
+    throw new ConfigError('--is-prefill-worker', 'cannot be combined with --is-decode-worker: a worker is prefill, decode or aggregated (neither flag)');
+  }
+  let workerType: WorkerType = DISAGG_DEFAULTS.workerType;
+  if (raw.disaggregationMode !== undefined) {
+    if (legacyPrefill || legacyDecode) {
+      throw new ConfigError(legacyPrefill ? '--is-prefill-worker' : '--is-decode-worker', 'cannot be combined with --disaggregation-mode; use only --disaggregation-mode');
+    }
+    const mode = asString('--disaggregation-mode', raw.disaggregationMode).toLowerCase();
+    if (mode !== 'agg' && mode !== 'prefill' && mode !== 'decode') {
+      throw new ConfigError('--disaggregation-mode', `must be one of agg, prefill, decode, got '${mode}'`);
+    }
+    workerType = mode === 'agg' ? 'aggregated' : mode;
+  } else if (legacyPrefill || legacyDecode) {
+    const mode = legacyPrefill ? 'prefill' : 'decode';
+    warnings.push(`--is-${mode}-worker is deprecated, use --disaggregation-mode=${mode}`);
+    workerType = mode;
+  }
+  const bootstrapPorts = portList(raw, 'bootstrapPorts', numWorkers);
+  if (bootstrapPorts && workerType !== 'prefill') {
+    warnings.push('--bootstrap-ports is only used by prefill workers (decode workers connect to the port a request names)');
+  }
+  const handoffSessionTimeoutMs =
+    raw.handoffSessionTimeoutMs === undefined ? DISAGG_DEFAULTS.handoffSessionTimeoutMs : parseInteger('handoff_session_timeout_ms', raw.handoffSessionTimeoutMs, 1);
+  return {
+    workerType,
+    bootstrapPorts: workerType === 'prefill' ? bootstrapPorts : null,
+    bootstrapHost: envIp(env, 'DYN_HTTP_RPC_HOST'),
+    kvTransfer: parseKvTransfer(rawFlags),
+    handoffSessionTimeoutMs,
+    // A short session timeout (extra-engine-args) shortens the rendezvous too.
+    rendezvousTimeoutMs: Math.min(DISAGG_DEFAULTS.rendezvousTimeoutMs, handoffSessionTimeoutMs),
+  };
+}
+
+export function parseEngineSettings(rawFlags: RawOptions, argv: readonly string[]): EngineSettings & { startupTimeS: number } {
+  checkExclusive(argv);
+  const raw = withExtraEngineArgs(rawFlags);
   const pick = <T>(key: string, parse: (flag: string, v: unknown) => T, fallback: T): T =>
     raw[key] === undefined ? fallback : parse(flagOf(key), raw[key]);
 
@@ -395,8 +509,10 @@ export function parseEndpoint(text: string): EndpointId {
   return { namespace, component, endpoint };
 }
 
-export function defaultEndpoint(env: Env): string {
-  return `dyn://${env.DYN_NAMESPACE || WORKER_DEFAULTS.namespace}.backend.generate`;
+/** `dyn://{ns}.backend.generate`, or `dyn://{ns}.prefill.generate` for a prefill worker (Dynamo's defaults). */
+export function defaultEndpoint(env: Env, workerType: WorkerType = 'aggregated'): string {
+  const component = workerType === 'prefill' ? 'prefill' : 'backend';
+  return `dyn://${env.DYN_NAMESPACE || WORKER_DEFAULTS.namespace}.${component}.generate`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,8 +691,11 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const modelPath = asString('--model-path', raw.modelPath);
   const modelName = raw.modelName !== undefined ? asString('--model-name', raw.modelName) : modelPath;
   if (modelName === '') throw new ConfigError('--model-name', 'must not be empty');
-  const endpoint = parseEndpoint(raw.endpoint !== undefined ? asString('--endpoint', raw.endpoint) : defaultEndpoint(env));
   const numWorkers = raw.numWorkers === undefined ? WORKER_DEFAULTS.numWorkers : parseInteger('--num-workers', raw.numWorkers, 1, 1024);
+  const warnings: string[] = [];
+  const disagg = parseDisagg(raw, env, numWorkers, warnings);
+  engine.workerType = disagg.workerType;
+  const endpoint = parseEndpoint(raw.endpoint !== undefined ? asString('--endpoint', raw.endpoint) : defaultEndpoint(env, disagg.workerType));
   let dynamoVersion: DynamoVersion = WORKER_DEFAULTS.dynamoVersion;
   if (raw.dynamoVersion !== undefined) {
     const v = asString('--dynamo-version', raw.dynamoVersion);
@@ -586,7 +705,6 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     dynamoVersion = v as DynamoVersion;
   }
   const planes = planeSettings(raw, env, dynamoVersion);
-  const warnings: string[] = [];
   const system = systemServerSettings(env, dynamoVersion, warnings);
   const tcp = planes.requestPlane === 'tcp' ? tcpServerSettings(env) : tcpServerSettings({});
   // Only 1.4 has the ZMQ event plane (planeSettings refuses it for 0.6.x).
@@ -605,6 +723,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   return {
     engine,
+    disagg,
     modelPath,
     modelName,
     endpoint,
@@ -614,7 +733,8 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     ...planes,
     tcp,
     eventPlaneHost: zmqEvents ? envIp(env, 'DYN_EVENT_PLANE_HOST') : null,
-    kvEvents: kvEvents && engine.enablePrefixCaching,
+    // Decode workers publish no KV events: their blocks arrive by transfer and nobody routes on them.
+    kvEvents: kvEvents && engine.enablePrefixCaching && disagg.workerType !== 'decode',
     zmqKvEventsPorts,
     zmqReplayPorts,
     system,
@@ -640,6 +760,7 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
   }
   return {
     engine,
+    kvTransfer: parseKvTransfer(raw),
     modelPath: raw.modelPath === undefined ? null : asString('--model-path', raw.modelPath),
     tracePath,
     traceBlockSize,

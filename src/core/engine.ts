@@ -33,6 +33,8 @@ export interface EngineRequest {
   seed?: number;
   /** See SequenceInput.privateOutput (trace replay). */
   privateOutput?: boolean;
+  /** Keep the KV after the last token for a handoff (prefill side); see Scheduler.release. */
+  holdOnFinish?: boolean;
 }
 
 export type SubmitError = { ok: false; kind: 'invalid' | 'dp-rank' | 'too-long' | 'rejected'; reason: string };
@@ -69,6 +71,8 @@ export class Engine {
     if (limit !== null && promptLength >= limit) {
       return { ok: false, kind: 'too-long', reason: `prompt has ${promptLength} tokens, which does not fit the context length of ${limit}` };
     }
+    // A prefill worker computes the prompt and the first token, whatever the request asked for (Dynamo's rule).
+    if (this.setup.workerType === 'prefill') return 1;
     if (maxTokens === null) {
       if (limit === null) {
         return { ok: false, kind: 'invalid', reason: 'stop_conditions.max_tokens is required when the context length is unknown (set --max-model-len)' };
@@ -110,13 +114,22 @@ export class Engine {
   }
 
   submit(req: EngineRequest): SubmitResult {
+    return this.enter(req, 'add');
+  }
+
+  /** Queues a decode-side handoff on its rank (see Scheduler.reserve); the caller retries reservations. */
+  reserve(req: EngineRequest): SubmitResult {
+    return this.enter(req, 'reserve');
+  }
+
+  private enter(req: EngineRequest, how: 'add' | 'reserve'): SubmitResult {
     const rank = this.route(req.dpRank);
     if (typeof rank !== 'number') return rank;
     const output = this.check(req, rank);
     if (typeof output !== 'number') return output;
     const seed = mixSeed(this.setup.seed, req.seed ?? this.arrivals);
     this.arrivals++;
-    const added = this.ranks[rank].add({
+    const added = this.ranks[rank][how]({
       key: req.key,
       promptLength: req.promptLength,
       promptTokens: req.promptTokens,
@@ -126,6 +139,7 @@ export class Engine {
       vocabSize: this.model.vocabSize,
       bannedTokens: req.bannedTokens,
       privateOutput: req.privateOutput,
+      holdOnFinish: req.holdOnFinish,
     });
     if (!added.ok) return { ok: false, kind: 'rejected', reason: added.reason };
     return { ok: true, seq: added.seq, rank };

@@ -61,6 +61,8 @@ export class Scheduler {
   recordBlockTokens = false;
   private readonly running: Sequence[] = [];
   private readonly waiting = new Deque<Sequence>();
+  /** Decode-side handoffs not yet activated, in arrival order: `reserving` (waiting for KV) and `reserved`. */
+  private readonly handoffs = new Set<Sequence>();
   private waitingLive = 0;
   private readonly hitWindow = new Float64Array(HIT_RATE_WINDOW);
   private hitWindowCount = 0;
@@ -130,7 +132,7 @@ export class Scheduler {
     return null;
   }
 
-  /** Stops a request at once and frees its KV blocks. Returns false if it was not live. */
+  /** Stops a request at once and frees its KV blocks (held or reserved ones too). Returns false if it was not live. */
   cancel(seq: Sequence): boolean {
     if (seq.status === 'running') {
       const i = this.running.indexOf(seq);
@@ -138,10 +140,80 @@ export class Scheduler {
       this.free(seq);
     } else if (seq.status === 'waiting' || seq.status === 'preempted') {
       this.waitingLive--; // removed lazily when it reaches the head
+      // An activated handoff waits with its KV already in place.
+      this.free(seq);
+    } else if (seq.status === 'held' || seq.status === 'reserved' || seq.status === 'reserving') {
+      this.handoffs.delete(seq);
+      this.free(seq);
     } else {
       return false;
     }
     seq.status = 'cancelled';
+    return true;
+  }
+
+  /** Frees the KV a finished sequence held for its handoff. Returns false if it held none. */
+  release(seq: Sequence): boolean {
+    if (seq.status !== 'held') return false;
+    this.free(seq);
+    seq.status = 'finished';
+    return true;
+  }
+
+  /**
+   * Queues a decode-side handoff: the request waits (status `reserving`) until its prompt's KV blocks
+   * can be reserved, holds them (`reserved`) while the KV is transferred, and runs once activated,
+   * with its prompt already computed. Reservations are made by `retryReservations`.
+   */
+  reserve(input: SequenceInput): AddResult {
+    const refusal = this.refusal(input.promptLength, input.maxOutputTokens) ?? vocabularyRefusal(input);
+    if (refusal !== null) return { ok: false, reason: refusal };
+    const seq = new Sequence(this.recordBlockTokens ? { ...input, keepTokenIds: true } : input, this.config.blockSize, this.hasher);
+    seq.status = 'reserving';
+    this.handoffs.add(seq);
+    return { ok: true, seq };
+  }
+
+  /**
+   * Reserves KV for queued handoffs, oldest first, while the running batch has room and the pool has
+   * the blocks (cached prefix blocks are shared, not transferred). Returns the sequences reserved now.
+   */
+  retryReservations(): Sequence[] {
+    const reserved: Sequence[] = [];
+    const { blockSize, numGpuBlocks, watermark } = this.config;
+    for (const seq of this.handoffs) {
+      if (seq.status !== 'reserving') continue;
+      if (this.running.length >= this.config.maxNumSeqs) break;
+      const total = Math.ceil(seq.promptLength / blockSize);
+      const probe = this.pool.probe(seq.seqHashes, Math.floor(seq.promptLength / blockSize), seq.key);
+      if (total - probe.activeHitBlocks > this.pool.freeBlocks - watermark * numGpuBlocks) break;
+      this.pool.acquirePrefix(seq.seqHashes, probe.hitBlocks, seq.key, seq.blocks);
+      seq.committedBlocks = probe.hitBlocks;
+      if (!this.pool.allocateSlots(total - probe.hitBlocks)) {
+        this.free(seq); // cannot happen after the gate above
+        break;
+      }
+      seq.slots = total - probe.hitBlocks;
+      const cached = Math.min(seq.promptLength, probe.hitBlocks * blockSize);
+      seq.cachedTokens = cached;
+      // Dynamo counts whole blocks: every block the reservation had to allocate is transferred.
+      seq.transferableTokens = (total - probe.hitBlocks) * blockSize;
+      this.recordHit(seq.promptLength, cached);
+      seq.status = 'reserved';
+      reserved.push(seq);
+    }
+    return reserved;
+  }
+
+  /** The transfer into a reserved handoff is done: it joins the waiting queue with its prompt computed. */
+  activate(seq: Sequence): boolean {
+    if (seq.status !== 'reserved') return false;
+    this.handoffs.delete(seq);
+    this.allocate(seq, seq.promptLength); // commits the prompt's full blocks (all slots are in place)
+    seq.computed = seq.promptLength;
+    seq.status = 'waiting';
+    this.waiting.pushBack(seq);
+    this.waitingLive++;
     return true;
   }
 
@@ -248,9 +320,11 @@ export class Scheduler {
     }
     if (fp) {
       for (const seq of this.waiting) {
-        if (seq.status === 'waiting') fp.queuedPrefill.add(seq.promptLength);
-        else if (seq.status === 'preempted') fp.queuedDecode.add(seq.knownLength);
+        if (seq.status === 'waiting' && seq.computed === 0) fp.queuedPrefill.add(seq.promptLength);
+        else if (seq.status === 'waiting' || seq.status === 'preempted') fp.queuedDecode.add(seq.knownLength);
       }
+      // Handoffs not yet activated are decode work the planner should see queued.
+      for (const seq of this.handoffs) fp.queuedDecode.add(seq.knownLength);
     }
 
     const emitted: Sequence[] = [];
@@ -270,8 +344,12 @@ export class Scheduler {
         emitted.push(seq);
         tokens.push(token);
         if (seq.done) {
-          this.free(seq);
-          seq.status = 'finished';
+          if (seq.holdOnFinish) {
+            seq.status = 'held'; // its KV stays until the handoff releases it
+          } else {
+            this.free(seq);
+            seq.status = 'finished';
+          }
           continue;
         }
       }
@@ -280,8 +358,9 @@ export class Scheduler {
     running.length = kept;
     const decodeRequests = emitted.length;
 
+    // A decode worker's prompts are computed elsewhere (their KV is transferred in): no prefill cost.
     const prefillMs =
-      prefillRequests > 0
+      prefillRequests > 0 && this.config.workerType !== 'decode'
         ? this.timing.prefillMs({
             requests: prefillRequests,
             newTokens: prefillTokens,
@@ -326,6 +405,8 @@ export class Scheduler {
    * is entirely cached), or -1 if blocked.
    */
   private tryAdmit(seq: Sequence, budget: number): number {
+    // An activated handoff brings its prompt's KV along: nothing to allocate or compute.
+    if (seq.computed > 0) return 0;
     const { blockSize, numGpuBlocks, watermark } = this.config;
     // Every full block may come from the cache (Dynamo's get_prefill_cost; vLLM itself recomputes
     // the last token): a fully cached, block-aligned prompt costs no prefill and decodes at once.

@@ -3,7 +3,12 @@ import { blockHash, sequenceHash, type Xxh3 } from './hash.js';
 import { PRIVATE_BLOCK_KEY, type CachedBlock } from './kv/block-pool.js';
 import type { Rng } from './random.js';
 
-export type SequenceStatus = 'waiting' | 'running' | 'preempted' | 'finished' | 'cancelled' | 'rejected';
+/**
+ * `held`: finished, its KV kept for a handoff to a decode worker until released. `reserving` /
+ * `reserved`: a decode-side handoff waiting for KV capacity / holding the prompt's blocks until the
+ * transfer is done and it is activated.
+ */
+export type SequenceStatus = 'waiting' | 'running' | 'preempted' | 'finished' | 'cancelled' | 'rejected' | 'held' | 'reserving' | 'reserved';
 
 /** What a driver hands the engine for one request. */
 export interface SequenceInput {
@@ -31,6 +36,8 @@ export interface SequenceInput {
   privateOutput?: boolean;
   /** Keep every token id so that a committed block's tokens can be read back (`blockTokens`). */
   keepTokenIds?: boolean;
+  /** Keep the KV blocks after the last token (status `held`) until the scheduler is told to release them. */
+  holdOnFinish?: boolean;
 }
 
 export class Sequence {
@@ -62,6 +69,9 @@ export class Sequence {
   passTokens = 0;
   /** Prompt tokens served from the prefix cache at first admission (null before). */
   cachedTokens: number | null = null;
+  /** A reserved handoff destination: prompt tokens its reservation did not find cached (they must be transferred). */
+  transferableTokens: number | null = null;
+  readonly holdOnFinish: boolean;
   private readonly rng: Rng;
   private readonly vocabSize: number;
   private readonly banned: ReadonlySet<number> | undefined;
@@ -79,6 +89,7 @@ export class Sequence {
     private readonly hasher: Xxh3 | null,
   ) {
     this.key = input.key;
+    this.holdOnFinish = input.holdOnFinish === true;
     this.promptLength = input.promptLength;
     this.maxOutputTokens = input.maxOutputTokens;
     this.knownLength = input.promptLength;

@@ -2,6 +2,9 @@
 
 export type PreemptionMode = 'lifo' | 'fifo';
 
+/** A worker's part in disaggregated serving (Dynamo's `worker_type`). */
+export type WorkerType = 'aggregated' | 'prefill' | 'decode';
+
 /** The engine slice of the configuration: one scheduler + block pool (one DP rank). */
 export interface EngineConfig {
   numGpuBlocks: number;
@@ -20,6 +23,11 @@ export interface EngineConfig {
   decodeSpeedupRatio: number;
   /** Caps prompt + output tokens; null means the model's context length decides. */
   maxModelLen: number | null;
+  /**
+   * Disaggregation role (default aggregated): a prefill worker emits one token per request, a decode
+   * worker computes prompts at no cost (their KV arrives from a prefill worker).
+   */
+  workerType?: WorkerType;
 }
 
 /** KV cache events as the router sees them; hashes are exact u64 values. */

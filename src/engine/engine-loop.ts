@@ -36,6 +36,8 @@ const yieldToIo = (): Promise<void> => new Promise((resolve) => setImmediate(res
 
 export class EngineLoop {
   private readonly sinks = new Map<Sequence, TokenSink>();
+  /** Decode-side handoffs waiting for their KV reservation, with what to call once reserved. */
+  private readonly reserving = new Map<Sequence, (seq: Sequence) => void>();
   private readonly wakers: Array<(() => void) | null>;
   private readonly stalled: boolean[];
   private readonly loops: Promise<void>[] = [];
@@ -79,12 +81,54 @@ export class EngineLoop {
     return result;
   }
 
-  /** Stops a request at once, freeing its KV blocks; no further tokens reach its sink. */
+  /**
+   * Queues a decode-side handoff (Engine.reserve); `onReserved` is called once its prompt's KV is
+   * reserved (at once if it fits now). Then `activate` it when the transfer is done.
+   */
+  reserve(req: Omit<EngineRequest, 'key'>, onReserved: (seq: Sequence) => void): SubmitResult {
+    const result = this.engine.reserve({ ...req, key: this.nextKey++ });
+    if (!result.ok) return result;
+    this.reserving.set(result.seq, onReserved);
+    this.retryReservations(result.rank);
+    return result;
+  }
+
+  /** Starts a reserved handoff: it decodes from its transferred prompt, its tokens going to `sink`. */
+  activate(seq: Sequence, rank: number, sink: TokenSink): boolean {
+    if (!this.engine.ranks[rank].activate(seq)) return false;
+    this.sinks.set(seq, sink);
+    this.wake(rank);
+    return true;
+  }
+
+  /** Frees the KV a finished prefill held for its handoff. */
+  release(seq: Sequence, rank: number): boolean {
+    const released = this.engine.ranks[rank].release(seq);
+    if (released) this.capacityFreed(rank);
+    return released;
+  }
+
+  /** Stops a request at once (queued, running, held or reserved), freeing its KV blocks; no further tokens reach its sink. */
   cancel(seq: Sequence, rank: number): boolean {
     this.sinks.delete(seq);
+    this.reserving.delete(seq);
     const cancelled = this.engine.ranks[rank].cancel(seq);
-    if (cancelled) this.wake(rank);
+    if (cancelled) this.capacityFreed(rank);
     return cancelled;
+  }
+
+  private capacityFreed(rank: number): void {
+    this.retryReservations(rank);
+    this.wake(rank);
+  }
+
+  private retryReservations(rank: number): void {
+    if (this.reserving.size === 0) return;
+    for (const seq of this.engine.ranks[rank].retryReservations()) {
+      const onReserved = this.reserving.get(seq);
+      this.reserving.delete(seq);
+      onReserved?.(seq);
+    }
   }
 
   private wake(rank: number): void {
@@ -124,11 +168,13 @@ export class EngineLoop {
         const seq = emitted[i];
         const sink = this.sinks.get(seq);
         if (!sink) continue; // cancelled while the pass ran
-        const finished = seq.status === 'finished';
+        const finished = seq.done;
         if (finished) this.sinks.delete(seq);
         sink.emit(tokens[i], at, finished);
       }
       this.hooks.onPassEnd?.(r, result);
+      // Finished requests freed KV and batch slots that queued handoffs may be waiting for.
+      this.retryReservations(r);
     }
   }
 }

@@ -128,7 +128,7 @@ export class OfflineDriver {
         const { emitted, tokens } = result;
         for (let i = 0; i < emitted.length; i++) {
           onToken?.(emitted[i], tokens[i], result.endMs);
-          if (emitted[i].status === 'finished') onFinish?.(emitted[i], result.endMs);
+          if (emitted[i].done) onFinish?.(emitted[i], result.endMs);
         }
       }
     }

@@ -1,5 +1,6 @@
 // Derives context length, vocab size and EOS/BOS ids from a model's card files (Dynamo's rules).
 import { readFileSync } from 'node:fs';
+import type { KvShape } from '../core/kv-transfer.js';
 import type { CardFileKind, ModelFiles } from './resolve-model.js';
 
 export interface ModelInfo {
@@ -7,6 +8,8 @@ export interface ModelInfo {
   vocabSize: number;
   eosTokenIds: number[];
   bosTokenId: number | null;
+  /** The attention shape for KV-size estimates; null when config.json lacks it. */
+  kvShape: KvShape | null;
 }
 
 /** Used when neither config.json nor tokenizer.json says; the Llama/Mistral size, a harmless guess for a mock. */
@@ -44,7 +47,21 @@ export function readModelInfo(files: ModelFiles): ModelInfo {
       tokenIds(generationConfig?.bos_token_id)[0] ??
       tokenIds(lookupToken(vocab, tokenizerConfig?.bos_token))[0] ??
       null,
+    kvShape: kvShape(config && textConfig ? textConfig : config),
   };
+}
+
+/** Dynamo reads the text sub-config when there is one (`get_text_config()`), else the config itself. */
+function kvShape(config: Json | null): KvShape | null {
+  if (!config) return null;
+  const count = (key: string): number | undefined => asCount(config[key], 1 << 30);
+  const layers = count('num_hidden_layers');
+  const attentionHeads = count('num_attention_heads');
+  const hiddenSize = count('hidden_size');
+  const kvHeads = count('num_key_value_heads') ?? count('num_kv_heads') ?? attentionHeads;
+  if (layers === undefined || attentionHeads === undefined || hiddenSize === undefined || kvHeads === undefined) return null;
+  const dtype = config.dtype ?? config.torch_dtype;
+  return { layers, kvHeads, hiddenSize, attentionHeads, dtype: typeof dtype === 'string' ? dtype : null };
 }
 
 function contextLength(maxPositionEmbeddings: unknown, modelMaxLength: unknown): number {
