@@ -88,7 +88,13 @@ export const REPLAY_DEFAULTS = {
   traceBlockSize: 512,
   arrivalSpeedup: 1.0,
   concurrency: null as number | null,
+  /** --prefill-workers / --decode-workers: null (both) = one aggregated worker. */
+  prefillWorkers: null as number | null,
+  decodeWorkers: null as number | null,
 } as const;
+
+/** Upper bound for --prefill-workers and --decode-workers (each worker is a whole engine in memory). */
+const MAX_REPLAY_POOL = 4096;
 
 export type DynamoVersion = '0.6.0' | '0.6.1' | '1.4';
 export const DYNAMO_VERSIONS: readonly DynamoVersion[] = ['0.6.1', '0.6.0', '1.4'];
@@ -218,6 +224,9 @@ export interface ReplayConfig {
   traceBlockSize: number;
   arrivalSpeedup: number;
   concurrency: number | null;
+  /** Disaggregated replay: prefill and decode pool sizes, both set or both null (aggregated). */
+  prefillWorkers: number | null;
+  decodeWorkers: number | null;
   outputPath: string | null;
   summaryPath: string | null;
   progress: boolean;
@@ -418,7 +427,8 @@ function parseDisagg(rawFlags: RawOptions, env: Env, numWorkers: number, warning
     warnings.push(`--is-${mode}-worker is deprecated, use --disaggregation-mode=${mode}`);
     workerType = mode;
   }
-  const bootstrapPorts = portList(raw, 'bootstrapPorts', numWorkers);
+  // 0 asks for any free port (the card advertises the one bound).
+  const bootstrapPorts = portList(raw, 'bootstrapPorts', numWorkers, 0);
   if (bootstrapPorts && workerType !== 'prefill') {
     warnings.push('--bootstrap-ports is only used by prefill workers (decode workers connect to the port a request names)');
   }
@@ -656,11 +666,11 @@ function envBool(env: Env, name: string, fallback: boolean): boolean {
 }
 
 /** A comma-separated port list with one base port per worker (Dynamo's --zmq-*-ports). */
-function portList(raw: RawOptions, key: string, numWorkers: number): number[] | null {
+function portList(raw: RawOptions, key: string, numWorkers: number, minPort = 1): number[] | null {
   if (raw[key] === undefined) return null;
   const flag = flagOf(key);
-  const ports = asString(flag, raw[key]).split(',').map((p) => parseInteger(flag, p.trim(), 1, 65535));
-  if (ports.length !== numWorkers) throw new ConfigError(flag, `must list one base port per worker (${numWorkers} with --num-workers), got ${ports.length}`);
+  const ports = asString(flag, raw[key]).split(',').map((p) => parseInteger(flag, p.trim(), minPort, 65535));
+  if (ports.length !== numWorkers) throw new ConfigError(flag, `must list one port per worker (${numWorkers} with --num-workers), got ${ports.length}`);
   return ports;
 }
 
@@ -719,6 +729,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const kvEvents = raw.kvEvents === undefined ? true : parseBool('--kv-events', raw.kvEvents);
   if (zmqKvEventsPorts && !engine.enablePrefixCaching) throw new ConfigError('--zmq-kv-events-ports', 'needs prefix caching (without it no KV events exist)');
   if (zmqKvEventsPorts && !kvEvents) throw new ConfigError('--zmq-kv-events-ports', 'contradicts --no-kv-events');
+  if (zmqKvEventsPorts && disagg.workerType === 'decode') throw new ConfigError('--zmq-kv-events-ports', 'decode workers publish no KV events');
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   return {
@@ -758,6 +769,14 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
   if (concurrency !== null && raw.arrivalSpeedup !== undefined) {
     throw new ConfigError('--concurrency', 'closed-loop --concurrency and open-loop --arrival-speedup are mutually exclusive');
   }
+  const prefillWorkers =
+    raw.prefillWorkers === undefined ? REPLAY_DEFAULTS.prefillWorkers : parseInteger('--prefill-workers', raw.prefillWorkers, 1, MAX_REPLAY_POOL);
+  const decodeWorkers =
+    raw.decodeWorkers === undefined ? REPLAY_DEFAULTS.decodeWorkers : parseInteger('--decode-workers', raw.decodeWorkers, 1, MAX_REPLAY_POOL);
+  if ((prefillWorkers === null) !== (decodeWorkers === null)) {
+    const [missing, given] = prefillWorkers === null ? ['--prefill-workers', '--decode-workers'] : ['--decode-workers', '--prefill-workers'];
+    throw new ConfigError(missing, `is required with ${given}: disaggregated replay needs both pools`);
+  }
   return {
     engine,
     kvTransfer: parseKvTransfer(raw),
@@ -766,6 +785,8 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     traceBlockSize,
     arrivalSpeedup,
     concurrency,
+    prefillWorkers,
+    decodeWorkers,
     outputPath: raw.output === undefined ? null : asString('--output', raw.output),
     summaryPath: raw.summary === undefined ? null : asString('--summary', raw.summary),
     progress: raw.progress === undefined ? true : Boolean(raw.progress),

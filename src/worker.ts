@@ -8,11 +8,12 @@ import PQueue from 'p-queue';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { callHome } from './adapters/call-home-stream.js';
-import { advertisedHost, hostPort } from './adapters/local-ip.js';
+import { advertisedHost, hostPort, primaryLocalIp } from './adapters/local-ip.js';
 import type { TcpRequestPlane } from './adapters/tcp-request-plane.js';
 import { RealClock } from './clock/clock.js';
 import type { WorkerConfig } from './config.js';
 import { Engine, contextLimit, type ModelLimits } from './core/engine.js';
+import { resolveKvTransfer, type KvTransferSettings } from './core/kv-transfer.js';
 import type { Transport } from './dynamo/discovery-records.js';
 import { generationOf, type Generation } from './dynamo/generation.js';
 import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
@@ -30,7 +31,8 @@ import { DEFAULT_VOCAB_SIZE, readModelInfo } from './model/model-info.js';
 import { resolveModelFiles, type CardFileKind } from './model/resolve-model.js';
 import { createPolynomialTimingModel } from './core/timing/polynomial.js';
 import type { TimingModel } from './core/timing/timing-model.js';
-import { RequestServer, refuseUnrouted } from './serving/request-server.js';
+import { HandoffRendezvous } from './serving/handoff-sessions.js';
+import { RequestServer, realSleep, refuseUnrouted, type DisaggServing } from './serving/request-server.js';
 import type { OpenSink } from './serving/response-sink.js';
 
 export interface WorkersIo {
@@ -68,7 +70,10 @@ interface Shell {
   xxh: Xxh3Hasher;
   timing: TimingModel;
   model: ModelLimits & { eosTokenIds: number[] };
-  cardJson: string;
+  /** Worker `index`'s card (a prefill worker's names its own bootstrap port). */
+  cardFor: (index: number, bootstrapPort: number | null) => string;
+  /** The KV transfer model in force (bytes per token resolved from the model when not given). */
+  kvTransfer: KvTransferSettings;
   discovery: Discovery;
   nats: NatsConnection | null;
   tcp: TcpRequestPlane | null;
@@ -161,8 +166,12 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     // 2. The model's limits and the card every worker publishes.
     const info =
       files.source === 'none'
-        ? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null }
+        ? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null, kvShape: null }
         : readModelInfo(files);
+    const kvTransfer = resolveKvTransfer(config.disagg.kvTransfer, info.kvShape);
+    if (config.disagg.workerType === 'prefill' && kvTransfer.bytesPerToken === null && kvTransfer.bandwidthGBps > 0) {
+      log.warn('KV bytes per token unknown (no model config and no --kv-bytes-per-token): the KV transfer takes no time');
+    }
     if (files.source === 'none') {
       log.warn(`no files found for model '${config.modelPath}': registering a card without files (the frontend fetches them by name)`);
     }
@@ -199,7 +208,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       cardFiles = placed.files;
       metrics?.serveFiles(placed.served);
     }
-    const cardJson = generation.card({
+    const bootstrapHost = config.disagg.bootstrapHost ?? primaryLocalIp();
+    const cardFor = (_index: number, bootstrapPort: number | null): string => generation.card({
       displayName: config.modelName,
       sourcePath: files.source === 'local' && files.dir ? files.dir : config.modelPath,
       files: cardFiles,
@@ -213,6 +223,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
         maxNumBatchedTokens: config.engine.maxNumBatchedTokens,
         dataParallelSize: config.engine.dataParallelSize,
       },
+      workerType: config.disagg.workerType,
+      bootstrap: bootstrapPort === null ? null : { host: bootstrapHost, port: bootstrapPort },
     });
 
     // 4. Planes: the response plane (call home), the TCP request plane, the 0.6.x event stream.
@@ -251,7 +263,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       xxh,
       timing,
       model: { vocabSize: info.vocabSize, contextLength: info.contextLength, eosTokenIds: info.eosTokenIds },
-      cardJson,
+      cardFor,
+      kvTransfer,
       discovery,
       nats,
       tcp,
@@ -351,6 +364,36 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       : null;
   const loop = new EngineLoop(engine, new RealClock(), combineHooks(jetstream, vllm?.hooks, planeEvents?.hooks));
   loop.start();
+  const { disagg } = config;
+  // A prefill worker with a bootstrap port meets its decode workers there (1.3+ handoff sessions).
+  const sessionsPerRank = Math.max(1, config.engine.maxNumSeqs);
+  const rendezvous =
+    disagg.workerType === 'prefill' && disagg.bootstrapPorts
+      ? new HandoffRendezvous({ rendezvousTimeoutMs: disagg.rendezvousTimeoutMs, maxSessions: sessionsPerRank * engine.ranks.length })
+      : null;
+  const bootstrap = rendezvous
+    ? await (await import('./adapters/bootstrap.js')).listenBootstrap(disagg.bootstrapPorts![index], (channel, register) => rendezvous.acceptDestination(channel, register), log)
+    : null;
+  const disaggServing: DisaggServing | undefined =
+    disagg.workerType === 'aggregated'
+      ? undefined
+      : {
+          workerType: disagg.workerType,
+          transfer: shell.kvTransfer,
+          sessionTimeoutMs: disagg.handoffSessionTimeoutMs,
+          rendezvousTimeoutMs: disagg.rendezvousTimeoutMs,
+          sessionsPerRank,
+          rendezvous,
+          connect: async (info, identity, dpRank) =>
+            (await import('./adapters/bootstrap.js')).connectBootstrap(info.host, info.port, identity, {
+              kind: 'Register',
+              role: 'Destination',
+              dpRank,
+              order: 'SourceFirst',
+              engineType: 'vllm',
+            }),
+          sleep: realSleep,
+        };
   const server = new RequestServer({
     loop,
     queues,
@@ -361,6 +404,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     openSink: shell.openSink,
     now: () => performance.now(),
     observe: metrics.observe,
+    disagg: disaggServing,
   });
   admissionQueue = (rank) => server.admissionQueue(rank);
 
@@ -373,6 +417,8 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       // 3. deregister (revoking the lease deletes both records at once).
       await stopPlane();
       await server.drain(config.gracefulShutdownMs);
+      rendezvous?.close();
+      await bootstrap?.close();
       await loop.stop();
       await Promise.all([jetstream?.stop(), planeEvents?.stop(), vllm?.stop()]);
       metrics.remove();
@@ -385,7 +431,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       session,
       generation,
       endpoint: ep,
-      cardJson: shell.cardJson,
+      cardJson: shell.cardFor(index, bootstrap?.port ?? null),
       listen: async (): Promise<Transport> => {
         if (shell.tcp) {
           const tcp = shell.tcp;

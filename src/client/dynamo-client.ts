@@ -6,7 +6,7 @@ import type { Etcd3 } from 'etcd3';
 import type { NatsConnection } from 'nats';
 import { fileKvRoot, type EndpointId, type Env } from '../config.js';
 import { parseJson, stringifyJson, type JsonValue } from '../dynamo/lossless-json.js';
-import { instancePrefix, requestSubject } from '../dynamo/names.js';
+import { cardKey, instancePrefix, requestSubject } from '../dynamo/names.js';
 import { encodeTwoPartText } from '../dynamo/two-part-codec.js';
 import { createXxh3, type Xxh3Hasher } from '../hashing/xxh3.js';
 import { etcdReader, fileReader, type DiscoveryReader } from './discovery-reader.js';
@@ -35,6 +35,12 @@ export interface GenerateRequest {
   stopTokenIdsHidden?: number[] | null;
   dpRank?: number;
   seed?: number;
+  /** 1.x: the bootstrap session a prefill router sets up (both requests of a pair carry the same). */
+  bootstrapInfo?: { host: string; port: number; room: bigint; handoffId: string };
+  /** 1.x: a decode request after a prefill without bootstrap (`prefill_result.disaggregated_params`). */
+  prefillResult?: JsonValue;
+  /** 0.6.1: a decode request's top-level `disaggregated_params` (with the overlap weight zeroed, as that frontend does). */
+  disaggregatedParams?: JsonValue;
 }
 
 export interface StreamHandle {
@@ -81,6 +87,10 @@ function commonBody(r: GenerateRequest): Record<string, unknown> {
 /** The PreprocessedRequest body exactly as a 0.6.1 frontend's serde writes it. */
 export function preprocessedRequestJson(r: GenerateRequest): string {
   const body = { ...commonBody(r), estimated_prefix_hit_num_blocks: null, backend_instance_id: null, router_config_override: null } as Record<string, unknown>;
+  if (r.disaggregatedParams !== undefined) {
+    body.router_config_override = { overlap_score_weight: 0, router_temperature: null };
+    body.disaggregated_params = r.disaggregatedParams;
+  }
   if (r.dpRank !== undefined) body.dp_rank = r.dpRank;
   return stringifyJson(body);
 }
@@ -88,7 +98,13 @@ export function preprocessedRequestJson(r: GenerateRequest): string {
 /** The 0.9+ body: the data-parallel rank travels in `routing` (RoutingHints), optional fields omitted. */
 export function preprocessedRequestJson1x(r: GenerateRequest): string {
   const routing = r.dpRank === undefined ? {} : { routing: { dp_rank: r.dpRank } };
-  return stringifyJson({ ...commonBody(r), ...routing, router_config_override: null });
+  const body: Record<string, unknown> = { ...commonBody(r), ...routing, router_config_override: null };
+  if (r.prefillResult !== undefined) body.prefill_result = { disaggregated_params: r.prefillResult };
+  if (r.bootstrapInfo) {
+    const b = r.bootstrapInfo;
+    body.bootstrap_info = { bootstrap_host: b.host, bootstrap_port: b.port, bootstrap_room: b.room, handoff_id: b.handoffId };
+  }
+  return stringifyJson(body);
 }
 
 /** The RequestControlMessage header (connection_info.info is a JSON string inside the JSON). */
@@ -209,6 +225,16 @@ export class DynamoClient {
       if (inst) out.push(inst);
     }
     return out.sort((a, b) => (a.instanceId < b.instanceId ? -1 : a.instanceId > b.instanceId ? 1 : 0));
+  }
+
+  /** An instance's model card (1.x records unwrapped), or null when it has none. */
+  async card(ep: EndpointId, instanceId: bigint): Promise<Record<string, JsonValue> | null> {
+    const key = cardKey(ep, instanceId);
+    const text = (await this.reader.list(key)).get(key);
+    if (text === undefined) return null;
+    const record = parseJson(text) as Record<string, JsonValue>;
+    const card = record.type === 'Model' ? record.card_json : record;
+    return card && typeof card === 'object' && !Array.isArray(card) ? (card as Record<string, JsonValue>) : null;
   }
 
   /** Waits, up to a deadline, until at least `count` instances are registered. */

@@ -1,7 +1,7 @@
 // `dynamo-mocker request`: acts as a Dynamo frontend (0.6.1 or 1.4) toward workers and prints streams and timings.
 import type { Command } from 'commander';
 import { ConnectionError } from '../adapters/connection-error.js';
-import { ConfigError, defaultEndpoint, parseEndpoint, parseInteger, type RawOptions } from '../config.js';
+import { ConfigError, defaultEndpoint, parseEndpoint, parseInteger, type EndpointId, type RawOptions } from '../config.js';
 import type { DynamoClient, StreamHandle } from './dynamo-client.js';
 
 export interface RequestIo {
@@ -12,6 +12,8 @@ export interface RequestIo {
 
 interface RequestOptions {
   endpoint: ReturnType<typeof parseEndpoint>;
+  /** Disaggregated: the prefill workers' endpoint (decode workers are at `endpoint`). */
+  prefillEndpoint: ReturnType<typeof parseEndpoint> | null;
   discovery: 'etcd' | 'file';
   tokens: number[];
   maxTokens: number;
@@ -38,8 +40,11 @@ function parseOptions(raw: RawOptions, env: Record<string, string | undefined>):
   if (discovery !== 'etcd' && discovery !== 'file') {
     throw new ConfigError(raw.discoveryBackend !== undefined ? '--discovery-backend' : 'DYN_DISCOVERY_BACKEND', `must be etcd or file, got '${discovery}'`);
   }
+  const disaggregated = Boolean(raw.disaggregated) || raw.prefillEndpoint !== undefined;
+  const prefillEndpoint = disaggregated ? parseEndpoint(raw.prefillEndpoint === undefined ? defaultEndpoint(env, 'prefill') : String(raw.prefillEndpoint)) : null;
   return {
     endpoint,
+    prefillEndpoint,
     discovery,
     tokens,
     maxTokens: raw.maxTokens === undefined ? 16 : parseInteger('--max-tokens', raw.maxTokens, 0, 1 << 24),
@@ -65,6 +70,7 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
     throw err;
   }
   try {
+    if (opts.prefillEndpoint) return await runDisaggregated(client, opts, opts.prefillEndpoint, io);
     const instances = await client.instances(opts.endpoint);
     if (instances.length === 0) {
       const { namespace, component, endpoint } = opts.endpoint;
@@ -114,6 +120,59 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
   }
 }
 
+const ms = (v: number | null, d = 1): string => (v === null ? '-' : v.toFixed(d));
+
+/** `--disaggregated`: each request through a prefill and a decode worker, as a frontend's prefill router sends it. */
+async function runDisaggregated(client: DynamoClient, opts: RequestOptions, prefillEndpoint: EndpointId, io: RequestIo): Promise<number> {
+  const [prefills, decodes] = await Promise.all([client.instances(prefillEndpoint), client.instances(opts.endpoint)]);
+  const name = (ep: EndpointId): string => `dyn://${ep.namespace}.${ep.component}.${ep.endpoint}`;
+  if (prefills.length === 0 || decodes.length === 0) {
+    io.err(`dynamo-mocker request: no instances registered for ${prefills.length === 0 ? name(prefillEndpoint) : name(opts.endpoint)}\n`);
+    return 1;
+  }
+  const { generateDisaggregated } = await import('./disagg-flow.js');
+  const outcomes = await Promise.all(
+    Array.from({ length: opts.count }, (_, i) =>
+      generateDisaggregated(
+        client,
+        { prefillEndpoint, prefill: prefills[i % prefills.length], decode: decodes[i % decodes.length] },
+        { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank },
+      ),
+    ),
+  );
+  let failed = 0;
+  const rows = outcomes.map((o, i) => {
+    const d = o.decode;
+    const n = d?.tokenIds.length ?? 0;
+    const ttft = d && n ? d.tokenTimes[0] - o.sentAt : null;
+    const itl = d && n > 1 ? (d.tokenTimes[n - 1] - d.tokenTimes[0]) / (n - 1) : null;
+    const e2e = d ? d.endedAt - o.sentAt : null;
+    const prefillMs = o.prefillTokenAt === null ? null : o.prefillTokenAt - o.sentAt;
+    const transferMs = o.prefillTokenAt === null || o.prefillEndAt === null ? null : o.prefillEndAt - o.prefillTokenAt;
+    const error = o.error ?? d?.prologueError ?? (d?.errors.length ? d.errors.join('; ') : null) ?? (o.prefill.errors.length ? o.prefill.errors.join('; ') : null);
+    if (error) failed++;
+    const record = {
+      request: i,
+      request_id: o.requestId,
+      path: o.path,
+      tokens: n,
+      finish_reason: d?.finishReason ?? null,
+      prefill_ms: prefillMs,
+      transfer_ms: transferMs,
+      ttft_ms: ttft,
+      mean_itl_ms: itl,
+      e2e_ms: e2e,
+      prefill_disaggregated_params: o.prefill.items.length ? ((o.prefill.items[0] as { data?: { disaggregated_params?: unknown } }).data?.disaggregated_params ?? null) : null,
+      error,
+    };
+    if (opts.json) return JSON.stringify({ ...record, token_ids: d?.tokenIds ?? [] }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v));
+    return `${String(i).padStart(7)}  ${o.path.padEnd(14)}  ${String(n).padStart(6)}  ${ms(prefillMs).padStart(10)}  ${ms(transferMs).padStart(11)}  ${ms(ttft).padStart(8)}  ${ms(itl, 2).padStart(8)}  ${ms(e2e).padStart(8)}  ${error ?? ''}`;
+  });
+  if (!opts.json) io.out('request  path            tokens  prefill ms  transfer ms   TTFT ms   ITL ms    E2E ms\n');
+  io.out(rows.join('\n') + '\n');
+  return failed ? 1 : 0;
+}
+
 /** Registers `dynamo-mocker request` on the program. */
 export function addRequestCommand(program: Command, makeSub: (name: string) => Command, io: RequestIo, setExit: (code: number) => void): void {
   const cmd = makeSub('request')
@@ -127,7 +186,9 @@ export function addRequestCommand(program: Command, makeSub: (name: string) => C
     .option('--dp-rank <n>', 'data-parallel rank to pin (default: the worker chooses)')
     .option('--stop-after <n>', 'send stop after n tokens')
     .option('--kill', 'with --stop-after: send kill instead of stop')
-    .option('--json', 'one JSON line per request instead of a table');
+    .option('--json', 'one JSON line per request instead of a table')
+    .option('--disaggregated', 'send each request through a prefill worker and a decode worker (at --endpoint), as a frontend\'s prefill router does')
+    .option('--prefill-endpoint <dyn://ns.component.endpoint>', 'with --disaggregated: the prefill workers (default: dyn://${DYN_NAMESPACE:-dynamo}.prefill.generate)');
   cmd.action(async (opts: RawOptions) => setExit(await runRequestCommand(opts, io)));
   program.addCommand(cmd);
 }

@@ -14,6 +14,8 @@ export interface StreamResult {
   prologueError: string | null;
   /** The Annotated items, parsed losslessly. */
   items: JsonValue[];
+  /** performance.now() at which each item arrived. */
+  itemTimes: number[];
   tokenIds: number[];
   /** performance.now() at which each token arrived. */
   tokenTimes: number[];
@@ -34,6 +36,7 @@ export class PendingStream {
   private readonly result: StreamResult = {
     prologueError: null,
     items: [],
+    itemTimes: [],
     tokenIds: [],
     tokenTimes: [],
     finishReason: null,
@@ -49,6 +52,7 @@ export class PendingStream {
   /** Settles when the worker sent the sentinel (or the connection ended). */
   readonly done: Promise<StreamResult>;
   private tokenListeners: Array<(token: number, at: number) => void> = [];
+  private itemListeners: Array<(item: JsonValue, at: number) => void> = [];
   private readonly connected: Promise<void>;
   private resolveConnected!: () => void;
 
@@ -72,6 +76,11 @@ export class PendingStream {
   /** Calls `listener` for every token as it arrives. */
   onToken(listener: (token: number, at: number) => void): void {
     this.tokenListeners.push(listener);
+  }
+
+  /** Calls `listener` for every response item as it arrives. */
+  onItem(listener: (item: JsonValue, at: number) => void): void {
+    this.itemListeners.push(listener);
   }
 
   /** Resolves once the worker has connected and completed the handshake. */
@@ -130,7 +139,10 @@ export class PendingStream {
       return;
     }
     const item = wrapper.data ?? null;
+    const arrived = performance.now();
     this.result.items.push(item);
+    this.result.itemTimes.push(arrived);
+    for (const l of this.itemListeners) l(item, arrived);
     const annotated = item as { data?: { token_ids?: number[]; finish_reason?: JsonValue; completion_usage?: JsonValue }; event?: string; comment?: string[] } | null;
     if (annotated?.event === 'error') this.result.errors.push((annotated.comment ?? []).join('; '));
     const out = annotated?.data;

@@ -4,6 +4,7 @@ import { endpointRecord, instanceRecord, modelRecord, type Transport } from './d
 import { buildModelCard, buildModelCard1x, type CardFile } from './model-card.js';
 import { natsTransportSubject, requestSubject } from './names.js';
 import type { CardFileKind } from '../model/resolve-model.js';
+import type { WorkerType } from '../core/types.js';
 
 /** Everything a card needs, whichever generation writes it. */
 export interface CardInput {
@@ -18,6 +19,9 @@ export interface CardInput {
   runtime: { totalKvBlocks: number; maxNumSeqs: number; maxNumBatchedTokens: number | null; dataParallelSize: number };
   /** Whether the worker publishes KV events (prefix caching on). */
   kvEvents: boolean;
+  workerType: WorkerType;
+  /** A prefill worker's bootstrap server (1.4 cards advertise it). */
+  bootstrap: { host: string; port: number } | null;
 }
 
 export interface Generation {
@@ -51,7 +55,14 @@ function legacy(version: '0.6.0' | '0.6.1'): Generation {
     cardFiles: version === '0.6.0' ? 'object-store' : 'local-paths',
     vllmSeriesByWorker: true,
     card: (c) =>
-      buildModelCard({ displayName: c.displayName, files: c.files, contextLength: c.modelContextLength, blockSize: c.blockSize, runtime: c.runtime }),
+      buildModelCard({
+        displayName: c.displayName,
+        files: c.files,
+        contextLength: c.modelContextLength,
+        blockSize: c.blockSize,
+        runtime: c.runtime,
+        workerType: c.workerType,
+      }),
     // 0.6.x stores the bare card under v1/mdc.
     modelRecord: (_ep, _id, cardJson) => cardJson,
     endpointRecord: (ep, id, transport) => {
@@ -83,6 +94,8 @@ function v14(deviceType: 'cpu' | 'cuda'): Generation {
         // No KV recovery endpoint is served, so routers must not count on one.
         enableLocalIndexer: false,
         kvEventPublishingEnabled: c.kvEvents,
+        workerType: c.workerType,
+        disaggregatedEndpoint: c.bootstrap,
       }),
     modelRecord,
     endpointRecord: (ep, id, transport) => endpointRecord(ep, id, transport, deviceType),

@@ -175,6 +175,38 @@ export function parseRequestControl(headerJson: string | Uint8Array): RequestCon
 // ---------------------------------------------------------------------------------------------
 // Request body: PreprocessedRequest
 
+/** `BootstrapInfo`: where the prefill worker's bootstrap server is and which session this request belongs to. */
+export interface BootstrapInfo {
+  host: string;
+  port: number;
+  /** u64. */
+  room: bigint;
+  /** UUID string (1.3+); null from older frontends. */
+  handoffId: string | null;
+}
+
+const UUID_RE = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+
+function parseBootstrapInfo(v: JsonValue | undefined): BootstrapInfo | null {
+  if (v === undefined || v === null) return null;
+  const o = expectObject(v, 'bootstrap_info', PPR);
+  const host = requireString(o, 'bootstrap_host', 'bootstrap_info.bootstrap_host', PPR);
+  const port = requireField(o, 'bootstrap_port', 'bootstrap_info.bootstrap_port', PPR);
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 0xffff) {
+    throw new WireError(`${PPR}: bootstrap_info.bootstrap_port must be a u16 integer, got ${describe(port)}`, 'bootstrap_info.bootstrap_port');
+  }
+  const roomRaw = requireField(o, 'bootstrap_room', 'bootstrap_info.bootstrap_room', PPR);
+  const room = typeof roomRaw === 'bigint' ? roomRaw : typeof roomRaw === 'number' && Number.isSafeInteger(roomRaw) ? BigInt(roomRaw) : -1n;
+  if (room < 0n || room > U64_MAX) {
+    throw new WireError(`${PPR}: bootstrap_info.bootstrap_room must be a u64 integer, got ${describe(roomRaw)}`, 'bootstrap_info.bootstrap_room');
+  }
+  const id = child(o, 'handoff_id');
+  if (id !== undefined && id !== null && (typeof id !== 'string' || !UUID_RE.test(id))) {
+    throw new WireError(`${PPR}: bootstrap_info.handoff_id must be a UUID string, got ${describe(id)}`, 'bootstrap_info.handoff_id');
+  }
+  return { host, port, room, handoffId: typeof id === 'string' ? id.toLowerCase() : null };
+}
+
 export interface PreprocessedRequest {
   model?: string;
   tokenIds: number[];
@@ -186,6 +218,10 @@ export interface PreprocessedRequest {
   dpRank: number | null;
   backendInstanceId: bigint | number | null;
   annotations: string[];
+  /** 1.x `bootstrap_info`: the KV handoff session the frontend set up between a prefill and a decode worker. */
+  bootstrapInfo: BootstrapInfo | null;
+  /** The prompt was prefilled elsewhere: 0.6.1's top-level `disaggregated_params` or 1.x's `prefill_result`. */
+  prefilledRemotely: boolean;
   /** The whole parsed body (lossless), for fields this interface does not surface. */
   raw: unknown;
 }
@@ -270,6 +306,12 @@ export function parsePreprocessedRequest(bodyJson: string | Uint8Array): Preproc
     backendInstanceId = biRaw as number | bigint;
   }
 
+  const bootstrapInfo = parseBootstrapInfo(child(root, 'bootstrap_info'));
+  const prefillResult = child(root, 'prefill_result');
+  if (prefillResult !== undefined && prefillResult !== null) expectObject(prefillResult, 'prefill_result', PPR);
+  const legacyParams = child(root, 'disaggregated_params');
+  const prefilledRemotely = (prefillResult !== undefined && prefillResult !== null) || (legacyParams !== undefined && legacyParams !== null);
+
   const out: PreprocessedRequest = {
     tokenIds,
     maxTokens,
@@ -280,6 +322,8 @@ export function parsePreprocessedRequest(bodyJson: string | Uint8Array): Preproc
     dpRank,
     backendInstanceId,
     annotations,
+    bootstrapInfo,
+    prefilledRemotely,
     raw,
   };
   if (model !== undefined) out.model = model;
@@ -335,7 +379,12 @@ export interface LlmEngineOutputInit {
   tokenIds: ArrayLike<number>;
   finishReason?: FinishReason | null;
   usage?: CompletionUsageInit;
+  /** `disaggregated_params`, as JSON text (a prefill worker's `"dummy"`); omitted when absent. */
+  disaggregatedParamsJson?: string;
 }
+
+/** What Dynamo's mocker puts in a prefill worker's `disaggregated_params`: any value tells the frontend prefill succeeded. */
+export const DUMMY_DISAGGREGATED_PARAMS = '"dummy"';
 
 // Every LLMEngineOutput field serde writes as null for the mocker, fixed once.
 const OUT_PREFIX = '{"token_ids":[';
@@ -393,6 +442,7 @@ function engineOutputJson(o: LlmEngineOutputInit): string {
     OUT_MID +
     finishJson(o.finishReason) +
     OUT_INDEX +
+    (o.disaggregatedParamsJson === undefined ? '' : ',"disaggregated_params":' + o.disaggregatedParamsJson) +
     (o.usage === undefined ? '' : usageJson(o.usage)) +
     '}'
   );

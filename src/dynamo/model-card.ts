@@ -3,6 +3,7 @@ import { basename } from 'node:path';
 import type { NatsConnection } from 'nats';
 import type { CheckedCardFile } from '../model/card-files.js';
 import { CARD_FILE_NAMES, type CardFileKind } from '../model/resolve-model.js';
+import type { WorkerType } from '../core/types.js';
 import { stringifyJson } from './lossless-json.js';
 import { slugify } from './names.js';
 
@@ -20,6 +21,8 @@ export interface ModelCardInput {
   blockSize: number;
   migrationLimit?: number;
   runtime: { totalKvBlocks: number; maxNumSeqs: number; maxNumBatchedTokens: number | null; dataParallelSize: number };
+  /** A prefill worker's card says `"Prefill"` (0.6.x's marker, which activates the frontend's prefill router). */
+  workerType?: WorkerType;
 }
 
 /** Compact JSON in the card's declaration order; optional file fields are omitted when absent. */
@@ -43,7 +46,7 @@ export function buildModelCard(input: ModelCardInput): string {
     context_length: input.contextLength,
     kv_cache_block_size: input.blockSize,
     migration_limit: input.migrationLimit ?? 0,
-    model_type: 'Chat | Completions',
+    model_type: input.workerType === 'prefill' ? 'Prefill' : 'Chat | Completions',
     model_input: 'Tokens',
     runtime_config: {
       total_kv_blocks: input.runtime.totalKvBlocks,
@@ -73,7 +76,18 @@ export interface ModelCard1xInput {
   enableLocalIndexer: boolean;
   /** Whether KV events are published (routers check it before waiting for this worker's events). */
   kvEventPublishingEnabled: boolean;
+  workerType?: WorkerType;
+  /** A prefill worker's bootstrap server, where decode workers fetch their KV (1.4 frontends start bootstrap sessions on it). */
+  disaggregatedEndpoint?: { host: string; port: number } | null;
 }
+
+/** 1.4's readiness topology: what each role is and which roles it needs alive (`worker_type`, `needs`). */
+const TOPOLOGY: Record<WorkerType, { modelType: string; needs: string[][] }> = {
+  aggregated: { modelType: 'Chat | Completions', needs: [] },
+  // Dynamo's mocker writes the empty bitflags for a prefill worker: it serves no chat or completions itself.
+  prefill: { modelType: '', needs: [['decode']] },
+  decode: { modelType: 'Chat | Completions', needs: [['prefill']] },
+};
 
 /**
  * The card as Dynamo 1.4 writes it (`model_card.rs` `for_mdc_wire`), in declaration order:
@@ -93,6 +107,7 @@ export function buildModelCard1x(input: ModelCard1xInput): string {
     return f ? { [tag]: f } : undefined;
   };
   const template = file('chatTemplate');
+  const workerType = input.workerType ?? 'aggregated';
   const effectiveContext = input.runtimeContextLength ?? input.architecturalContextLength ?? undefined;
   const card: Record<string, unknown> = {
     display_name: input.displayName,
@@ -107,10 +122,10 @@ export function buildModelCard1x(input: ModelCard1xInput): string {
     context_length: effectiveContext,
     kv_cache_block_size: input.blockSize,
     migration_limit: input.migrationLimit ?? 0,
-    model_type: 'Chat | Completions',
+    model_type: TOPOLOGY[workerType].modelType,
     model_input: 'Tokens',
-    worker_type: 'aggregated',
-    needs: [],
+    worker_type: workerType,
+    needs: TOPOLOGY[workerType].needs,
     runtime_config: {
       context_length: input.runtimeContextLength ?? undefined,
       total_kv_blocks: input.runtime.totalKvBlocks,
@@ -127,6 +142,9 @@ export function buildModelCard1x(input: ModelCard1xInput): string {
       data_parallel_size: input.runtime.dataParallelSize,
       enable_local_indexer: input.enableLocalIndexer,
       kv_event_publishing_enabled: input.kvEventPublishingEnabled,
+      disaggregated_endpoint: input.disaggregatedEndpoint
+        ? { bootstrap_host: input.disaggregatedEndpoint.host, bootstrap_port: input.disaggregatedEndpoint.port }
+        : undefined,
       enable_eagle: false,
     },
     media_decoder: null,

@@ -1,14 +1,52 @@
 // The request path of one worker, whatever plane delivered the request: decode, admit, run, stream back, count.
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleepFor } from 'node:timers/promises';
+import type { EngineRequest } from '../core/engine.js';
+import { transferDelayMs, type KvTransferSettings } from '../core/kv-transfer.js';
 import type { Sequence } from '../core/sequence.js';
-import type { EngineLoop } from '../engine/engine-loop.js';
+import type { WorkerType } from '../core/types.js';
+import type { HandoffIdentity } from '../dynamo/handoff-wire.js';
+import type { EngineLoop, TokenSink } from '../engine/engine-loop.js';
+import type { HandoffChannel } from './handoff-channel.js';
+import { HandoffFailed, runDestinationSession, runSourceSession, type HandoffRendezvous } from './handoff-sessions.js';
 import { TwoPartError, decodeTwoPart, type Xxh3Seed0 } from '../dynamo/two-part-codec.js';
-import { llmDataItemBody, parsePreprocessedRequest, parseRequestControl, type PreprocessedRequest, type RequestControl } from '../dynamo/messages.js';
+import {
+  DUMMY_DISAGGREGATED_PARAMS,
+  llmDataItemBody,
+  parsePreprocessedRequest,
+  parseRequestControl,
+  type BootstrapInfo,
+  type PreprocessedRequest,
+  type RequestControl,
+} from '../dynamo/messages.js';
 import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver, type RequestTracker, type WorkErrorType } from '../metrics/request-metrics.js';
 import type { OpenSink, ResponseSink } from './response-sink.js';
 
+/** Disaggregated serving: the worker's role and what its KV handoffs need. */
+export interface DisaggServing {
+  workerType: WorkerType;
+  /** The transfer model in force (bytes per token already resolved). */
+  transfer: KvTransferSettings;
+  sessionTimeoutMs: number;
+  rendezvousTimeoutMs: number;
+  /** Bootstrap sessions a DP rank may hold at once (Dynamo: max_num_seqs). */
+  sessionsPerRank: number;
+  /** A prefill worker's rendezvous table; null when it runs no bootstrap server. */
+  rendezvous: HandoffRendezvous | null;
+  /** Opens a decode worker's session to the prefill worker's bootstrap server named by the request. */
+  connect: (info: BootstrapInfo, identity: HandoffIdentity, dpRank: number) => Promise<HandoffChannel>;
+  /** Real-time waits (the transfer delay is not divided by the speedup ratio, as in Dynamo). */
+  sleep: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+/** Real time for the transfer delay; cancellable. */
+export const realSleep = (ms: number, signal: AbortSignal): Promise<void> => sleepFor(ms, undefined, { signal });
+
 export interface RequestServerOptions {
+  /** Absent: an aggregated worker (handoff metadata on a request is refused). */
+  disagg?: DisaggServing;
   loop: EngineLoop;
   /** One FIFO admission queue per DP rank, concurrency = --max-num-seqs. */
   queues: PQueue[];
@@ -122,14 +160,38 @@ export async function refuseUnrouted(
   }
 }
 
+/** A request id as a session identity's UUID: the frontend sends one context id to both workers. */
+function identityRequestId(id: string): string {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id) ? id.toLowerCase() : randomUUID();
+}
+
 export class RequestServer {
   private readonly inflight = new Set<Promise<void>>();
+  /** Bootstrap sessions held per DP rank. */
+  private readonly sessions: number[];
   private readonly shutdown = new AbortController();
   /** Accepted requests waiting for an admission slot, per DP rank. */
   private readonly waitingForSlot: Array<Set<ActiveRequest>>;
 
   constructor(private readonly o: RequestServerOptions) {
     this.waitingForSlot = o.queues.map(() => new Set());
+    this.sessions = o.queues.map(() => 0);
+  }
+
+  /** Which handoff a request takes part in, or why it is refused (Dynamo's wording). */
+  private handoffPlan(req: PreprocessedRequest, requestId: string, rank: number): { kind: 'none' | 'prefill-delay' } | { kind: 'session'; identity: HandoffIdentity } | { refusal: string } {
+    const d = this.o.disagg;
+    const role = d?.workerType ?? 'aggregated';
+    const info = req.bootstrapInfo;
+    if (role === 'aggregated') {
+      if (info?.handoffId) return { refusal: 'aggregated mocker request cannot carry handoff metadata' };
+      return { kind: 'none' };
+    }
+    if (!info) return { kind: role === 'prefill' ? 'prefill-delay' : 'none' };
+    if (info.handoffId === null) return { refusal: 'disaggregated mocker requires a handoff ID' };
+    if (role === 'prefill' && !d!.rendezvous) return { refusal: 'this prefill worker runs no bootstrap server (start it with --bootstrap-ports)' };
+    if (this.sessions[rank] >= d!.sessionsPerRank) return { refusal: `mocker handoff session limit reached for DP rank ${rank}` };
+    return { kind: 'session', identity: { handoffId: info.handoffId, bootstrapRoom: info.room, requestId: identityRequestId(requestId) } };
   }
 
   /** Prompt lengths of the requests waiting for an admission slot on `rank` (queued prefill work). */
@@ -209,6 +271,21 @@ export class RequestServer {
       if (typeof rank !== 'number') return refuse('generate', rank.reason);
       const outputTokens = engine.check({ promptLength: req.tokenIds.length, maxTokens: req.maxTokens }, rank);
       if (typeof outputTokens !== 'number') return refuse('generate', outputTokens.reason);
+      const planned = this.handoffPlan(req, control.id, rank);
+      if ('refusal' in planned) return refuse('generate', planned.refusal);
+      let plan: HandoffPlan = planned.kind === 'session' ? { kind: 'prefill-session', identity: planned.identity } : planned;
+      if (planned.kind === 'session') {
+        this.sessions[rank]++;
+        if (o.disagg!.workerType === 'decode') {
+          // A decode connects to its prefill's bootstrap server before it accepts the request, as Dynamo's does.
+          try {
+            plan = { kind: 'decode-session', channel: await o.disagg!.connect(req.bootstrapInfo!, planned.identity, rank) };
+          } catch (err) {
+            this.sessions[rank]--;
+            return refuse('generate', `bootstrap connection failed: ${(err as Error).message}`);
+          }
+        }
+      }
       sink.sendPrologue(null);
       const run = new ActiveRequest({
         requestId: control.id,
@@ -221,13 +298,28 @@ export class RequestServer {
         waiting: this.waitingForSlot[rank],
         shutdown: this.shutdown.signal,
         observer: o.observe?.(rank, arrivalMs),
+        plan,
       });
-      await run.done;
+      try {
+        await run.done;
+      } finally {
+        if (planned.kind === 'session') this.sessions[rank]--;
+      }
     } finally {
       tracker.end();
     }
   }
 }
+
+/** What a request does besides streaming its tokens, by the worker's role and the request's handoff metadata. */
+type HandoffPlan =
+  | { kind: 'none' }
+  /** A prefill without a bootstrap session: its `length` chunk waits for the modelled transfer. */
+  | { kind: 'prefill-delay' }
+  /** A prefill whose KV is handed to a decode worker over a bootstrap session. */
+  | { kind: 'prefill-session'; identity: HandoffIdentity }
+  /** A decode that receives its prompt's KV over a bootstrap session before it decodes. */
+  | { kind: 'decode-session'; channel: HandoffChannel };
 
 interface ActiveRequestInit {
   requestId: string;
@@ -242,16 +334,22 @@ interface ActiveRequestInit {
   waiting: Set<ActiveRequest>;
   shutdown: AbortSignal;
   observer: RequestObserver | undefined;
+  plan: HandoffPlan;
 }
 
 /** One accepted request: waits in its rank's admission queue, then streams the engine's tokens. */
 class ActiveRequest {
   readonly done: Promise<void>;
-  private readonly queued = new AbortController();
+  /** Aborted when the request is cancelled: leaves the admission queue, ends sessions and waits. */
+  private readonly cancelled = new AbortController();
   private seq: Sequence | null = null;
   private ended = false;
   private generated = 0;
+  private settleEngine!: () => void;
+  /** The engine is done with the request (last token out, refused or cancelled): its admission slot is free. */
+  private readonly engineDone = new Promise<void>((resolve) => (this.settleEngine = resolve));
   private settle!: () => void;
+  /** The response stream has ended. */
   private readonly finished = new Promise<void>((resolve) => (this.settle = resolve));
 
   constructor(private readonly a: ActiveRequestInit) {
@@ -268,75 +366,198 @@ class ActiveRequest {
     return this.a.req.tokenIds.length;
   }
 
+  private get prefill(): boolean {
+    return this.a.plan.kind === 'prefill-delay' || this.a.plan.kind === 'prefill-session';
+  }
+
   private cancel(why: string, endStream: () => void): void {
     if (this.ended) return;
     this.ended = true;
     this.a.waiting.delete(this);
-    this.queued.abort();
+    this.cancelled.abort();
     if (this.seq) this.a.server.loop.cancel(this.seq, this.a.rank);
     this.a.server.metrics.cancelled();
     this.a.server.log.debug({ request_id: this.a.requestId }, `request cancelled: ${why}`);
     endStream();
+    this.settleEngine();
     this.settle();
   }
 
   private async run(): Promise<void> {
-    try {
-      await this.a.server.queues[this.a.rank].add(() => this.admitted(), { signal: this.queued.signal });
-    } catch (err) {
-      if (!this.queued.signal.aborted) throw err;
+    const { plan } = this.a;
+    if (plan.kind === 'prefill-session') await this.runSource(plan.identity);
+    else if (plan.kind === 'decode-session') await this.runDestination(plan.channel);
+    else {
+      await this.admit(() => this.submit(false));
+      if (plan.kind === 'prefill-delay') await this.afterTransferDelay();
     }
     await this.finished;
   }
 
-  /** Runs while the request holds an admission slot. */
-  private async admitted(): Promise<void> {
-    this.a.waiting.delete(this);
-    if (this.ended) return;
-    const { req, rank, server } = this.a;
-    const submitted = server.loop.submit(
-      {
-        promptLength: req.tokenIds.length,
-        promptTokens: req.tokenIds,
-        maxTokens: this.a.outputTokens,
-        bannedTokens: bannedTokens(req, server.modelEosTokenIds),
-        dpRank: rank,
-        seed: samplingSeed(req),
-      },
-      { emit: (token, atMs, last) => this.emit(token, atMs, last) },
-    );
-    if (!submitted.ok) {
-      // Static checks passed before queueing, so this is an engine refusal found late.
-      this.ended = true;
-      server.metrics.error('generate');
-      const { sink, tracker } = this.a;
-      tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [], finishReason: { error: submitted.reason } })));
-      tracker.responseBytes(sink.finish());
-      this.settle();
-      return;
+  /** Waits for an admission slot on the rank, runs `enter` with it, and holds it until the engine is done. */
+  private async admit(enter: () => void): Promise<void> {
+    const { server, rank } = this.a;
+    try {
+      await server.queues[rank].add(
+        async () => {
+          this.a.waiting.delete(this);
+          if (this.ended) return;
+          enter();
+          await this.engineDone;
+        },
+        { signal: this.cancelled.signal },
+      );
+    } catch (err) {
+      if (!this.cancelled.signal.aborted) throw err;
     }
+  }
+
+  private engineRequest(): Omit<EngineRequest, 'key'> {
+    const { req, rank, server } = this.a;
+    return {
+      promptLength: req.tokenIds.length,
+      promptTokens: req.tokenIds,
+      maxTokens: this.a.outputTokens,
+      bannedTokens: bannedTokens(req, server.modelEosTokenIds),
+      dpRank: rank,
+      seed: samplingSeed(req),
+    };
+  }
+
+  private submit(holdOnFinish: boolean): void {
+    const submitted = this.a.server.loop.submit({ ...this.engineRequest(), holdOnFinish }, this.tokenSink());
+    if (!submitted.ok) return this.fail(submitted.reason); // static checks passed before queueing: a late engine refusal
     this.seq = submitted.seq;
-    await this.finished;
+  }
+
+  private tokenSink(): TokenSink {
+    return { emit: (token, atMs, last) => this.emit(token, atMs, last) };
   }
 
   private emit(token: number | null, atMs: number, last: boolean): void {
     if (this.ended) return;
-    const { req, sink, tracker, observer } = this.a;
+    const { sink, tracker, observer } = this.a;
     if (token !== null) {
       this.generated++;
       observer?.token(atMs);
     }
-    if (last) observer?.finish(atMs, req.tokenIds.length, this.generated);
+    if (this.prefill) {
+      // Dynamo's prefill worker marks its token as prefilled and ends the stream only once the KV has moved on.
+      if (token !== null) tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [token], disaggregatedParamsJson: DUMMY_DISAGGREGATED_PARAMS })));
+      if (last) this.settleEngine();
+      return;
+    }
+    if (last) observer?.finish(atMs, this.promptLength, this.generated);
     const body = llmDataItemBody({
       tokenIds: token === null ? [] : [token],
       finishReason: last ? 'length' : null,
-      usage: last ? { promptTokens: req.tokenIds.length, completionTokens: this.generated, cachedTokens: this.seq?.cachedTokens ?? 0 } : undefined,
+      usage: last ? this.usage() : undefined,
     });
     tracker.responseBytes(sink.sendItem(body));
-    if (last) {
-      this.ended = true;
-      tracker.responseBytes(sink.finish());
-      this.settle();
+    if (last) this.end();
+  }
+
+  private usage(): { promptTokens: number; completionTokens: number; cachedTokens: number } {
+    return { promptTokens: this.promptLength, completionTokens: this.generated, cachedTokens: this.seq?.cachedTokens ?? 0 };
+  }
+
+  /** The normal end: complete_final after the last item. */
+  private end(): void {
+    this.ended = true;
+    this.a.tracker.responseBytes(this.a.sink.finish());
+    this.settleEngine();
+    this.settle();
+  }
+
+  /** A prefill's last item: a separate `length` chunk once its KV has been handed over. */
+  private endPrefill(): void {
+    if (this.ended) return;
+    const { sink, tracker, observer, server } = this.a;
+    observer?.finish(server.now(), this.promptLength, this.generated);
+    tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [], finishReason: 'length', usage: this.usage() })));
+    this.end();
+  }
+
+  /** Ends the stream with an error item (Dynamo's `LLMEngineOutput::error`), freeing whatever the engine holds. */
+  private fail(message: string): void {
+    if (this.ended) return;
+    const { server, sink, tracker, requestId } = this.a;
+    if (this.seq) server.loop.cancel(this.seq, this.a.rank);
+    server.metrics.error('generate');
+    server.log.warn({ request_id: requestId }, message);
+    tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [], finishReason: { error: message } })));
+    this.end();
+  }
+
+  /** A prefill without a session: its KV leaves for the decode worker, modelled as a real-time delay. */
+  private async afterTransferDelay(): Promise<void> {
+    if (this.ended) return;
+    const d = this.a.server.disagg!;
+    const delay = transferDelayMs(this.promptLength, d.transfer);
+    if (delay > 0) {
+      try {
+        await d.sleep(delay, this.cancelled.signal);
+      } catch {
+        return; // cancelled while waiting
+      }
+    }
+    this.endPrefill();
+  }
+
+  private async runSource(identity: HandoffIdentity): Promise<void> {
+    const d = this.a.server.disagg!;
+    let channel: HandoffChannel;
+    try {
+      channel = await d.rendezvous!.awaitDestination(identity, this.cancelled.signal);
+    } catch (err) {
+      return this.fail((err as Error).message);
+    }
+    try {
+      await runSourceSession({
+        channel,
+        prefill: async () => {
+          await this.admit(() => this.submit(true));
+          if (this.ended) throw new HandoffFailed('source prefill did not complete');
+        },
+        promptTokens: this.promptLength,
+        transfer: d.transfer,
+        release: () => this.seq && this.a.server.loop.release(this.seq, this.a.rank),
+        cancel: () => this.seq && this.a.server.loop.cancel(this.seq, this.a.rank),
+        signal: this.cancelled.signal,
+        sessionTimeoutMs: d.sessionTimeoutMs,
+        sleep: d.sleep,
+      });
+      this.endPrefill();
+    } catch (err) {
+      this.fail((err as Error).message);
+    } finally {
+      d.rendezvous!.sessionEnded();
+    }
+  }
+
+  private async runDestination(channel: HandoffChannel): Promise<void> {
+    const d = this.a.server.disagg!;
+    const { server, rank } = this.a;
+    try {
+      await runDestinationSession({
+        channel,
+        reserve: (onReserved) => {
+          // The admission slot is taken for the reservation and kept until the decode is done.
+          void this.admit(() => {
+            const reserved = server.loop.reserve(this.engineRequest(), (seq) => onReserved(seq.transferableTokens ?? 0));
+            if (!reserved.ok) return this.fail(reserved.reason);
+            this.seq = reserved.seq;
+          });
+          return null;
+        },
+        activate: () => !this.ended && this.seq !== null && server.loop.activate(this.seq, rank, this.tokenSink()),
+        cancel: () => this.seq !== null && server.loop.cancel(this.seq, rank),
+        signal: this.cancelled.signal,
+        rendezvousTimeoutMs: d.rendezvousTimeoutMs,
+        sessionTimeoutMs: d.sessionTimeoutMs,
+      });
+    } catch (err) {
+      this.fail((err as Error).message);
     }
   }
 }

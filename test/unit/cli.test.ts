@@ -203,7 +203,7 @@ describe('protocol generations, planes and discovery', () => {
     [[], { DYN_NATS_STREAM_MAX_AGE: '0' }, 'DYN_NATS_STREAM_MAX_AGE', /must be > 0/],
     [['--dynamo-version', '1.4'], { DYN_ZMQ_BROKER_URL: 'xsub=tcp://h:1;xpub=tcp://h:2' }, 'DYN_ZMQ_BROKER_URL', /broker mode is not supported/],
     [['--dynamo-version', '1.4'], { DYN_EVENT_PLANE_HOST: 'events.local' }, 'DYN_EVENT_PLANE_HOST', /must be an IP address/],
-    [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557,5558'], {}, '--zmq-kv-events-ports', /one base port per worker \(1 with --num-workers\), got 2/],
+    [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557,5558'], {}, '--zmq-kv-events-ports', /one port per worker \(1 with --num-workers\), got 2/],
     [['--dynamo-version', '1.4', '--zmq-replay-ports', '5600'], {}, '--zmq-replay-ports', /needs --zmq-kv-events-ports/],
     [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557', '--no-kv-events'], {}, '--zmq-kv-events-ports', /contradicts --no-kv-events/],
   ];
