@@ -55,6 +55,9 @@ export class PendingStream {
   private itemListeners: Array<(item: JsonValue, at: number) => void> = [];
   private readonly connected: Promise<void>;
   private resolveConnected!: () => void;
+  private resolvePrologue!: (error: string | null) => void;
+  /** Settles with the prologue's error (null: accepted) once the worker has sent it. */
+  readonly prologue = new Promise<string | null>((resolve) => (this.resolvePrologue = resolve));
 
   constructor(
     private readonly xxh: Xxh3Seed0,
@@ -124,6 +127,7 @@ export class PendingStream {
         this.result.prologueError = String(prologue.error);
       }
       this.state = 'data';
+      this.resolvePrologue(this.result.prologueError);
       return;
     }
     if (this.state !== 'data') return;
