@@ -233,3 +233,82 @@ describe('protocol generations, planes and discovery', () => {
     expect(out).toContain('1.4');
   });
 });
+
+describe('disaggregation flags', () => {
+  const cfg = (raw: Record<string, unknown>, env: Record<string, string> = {}) => parseWorkerConfig({ modelPath: 'm', dynamoVersion: '1.4', ...raw }, [], env);
+
+  it('defaults to an aggregated worker with Dynamo transfer defaults', () => {
+    const c = cfg({});
+    expect(c.disagg).toMatchObject({ workerType: 'aggregated', bootstrapPorts: null, handoffSessionTimeoutMs: 300_000, rendezvousTimeoutMs: 30_000 });
+    expect(c.disagg.kvTransfer).toEqual({ bandwidthGBps: 64, bytesPerToken: null, timingMode: 'full_prompt', cacheDtype: 'auto' });
+    expect(c.engine.workerType).toBe('aggregated');
+  });
+
+  it('a prefill worker defaults to the prefill endpoint; a decode worker publishes no KV events', () => {
+    const p = cfg({ disaggregationMode: 'prefill', bootstrapPorts: '0' });
+    expect(p.endpoint).toEqual({ namespace: 'dynamo', component: 'prefill', endpoint: 'generate' });
+    expect(p.engine.workerType).toBe('prefill');
+    expect(p.disagg.bootstrapPorts).toEqual([0]);
+    expect(p.kvEvents).toBe(true);
+    const d = cfg({ disaggregationMode: 'decode' }, { DYN_NAMESPACE: 'ns1' });
+    expect(d.endpoint).toEqual({ namespace: 'ns1', component: 'backend', endpoint: 'generate' });
+    expect(d.kvEvents).toBe(false);
+    expect(cfg({ disaggregationMode: 'agg' }).disagg.workerType).toBe('aggregated');
+  });
+
+  it('takes the deprecated --is-*-worker flags with a warning', () => {
+    const p = cfg({ isPrefillWorker: true });
+    expect(p.disagg.workerType).toBe('prefill');
+    expect(p.warnings.join('\n')).toMatch(/--is-prefill-worker is deprecated, use --disaggregation-mode=prefill/);
+    expect(cfg({ isDecodeWorker: true }).disagg.workerType).toBe('decode');
+  });
+
+  it('reads the transfer flags and extra-engine-args keys', () => {
+    const t = cfg({ kvTransferBandwidth: '0', kvBytesPerToken: '1000000', kvTransferTimingMode: 'destination_missing', kvCacheDtype: 'fp8' }).disagg.kvTransfer;
+    expect(t).toEqual({ bandwidthGBps: 0, bytesPerToken: 1_000_000, timingMode: 'destination_missing', cacheDtype: 'fp8' });
+    const file = join(dir, 'disagg-args.json');
+    writeFileSync(file, JSON.stringify({ kv_transfer_bandwidth: 2.5, kv_bytes_per_token: 10, handoff_session_timeout_ms: 500 }));
+    const e = cfg({ extraEngineArgs: file }).disagg;
+    expect(e.kvTransfer).toMatchObject({ bandwidthGBps: 2.5, bytesPerToken: 10 });
+    expect(e.handoffSessionTimeoutMs).toBe(500);
+    expect(e.rendezvousTimeoutMs).toBe(500);
+  });
+
+  it('advertises DYN_HTTP_RPC_HOST as the bootstrap host', () => {
+    expect(cfg({ disaggregationMode: 'prefill' }, { DYN_HTTP_RPC_HOST: '10.1.2.3' }).disagg.bootstrapHost).toBe('10.1.2.3');
+  });
+
+  const refusals: Array<[string[], Record<string, string>, string, RegExp]> = [
+    [['--disaggregation-mode', 'prefill', '--is-prefill-worker'], {}, '--is-prefill-worker', /cannot be combined with --disaggregation-mode/],
+    [['--disaggregation-mode', 'decode', '--is-decode-worker'], {}, '--is-decode-worker', /cannot be combined with --disaggregation-mode/],
+    [['--is-prefill-worker', '--is-decode-worker'], {}, '--is-prefill-worker', /cannot be combined with --is-decode-worker/],
+    [['--disaggregation-mode', 'both'], {}, '--disaggregation-mode', /invalid|agg, prefill, decode/],
+    [['--disaggregation-mode', 'prefill', '--bootstrap-ports', '7000,7001'], {}, '--bootstrap-ports', /one port per worker \(1 with --num-workers\), got 2/],
+    [['--disaggregation-mode', 'prefill', '--num-workers', '2', '--bootstrap-ports', '7000,x'], {}, '--bootstrap-ports', /must be an integer/],
+    [['--kv-transfer-bandwidth', '-1'], {}, '--kv-transfer-bandwidth', /must be ≥ 0/],
+    [['--kv-bytes-per-token', '0'], {}, '--kv-bytes-per-token', /integer in \[1,/],
+    [['--kv-transfer-timing-mode', 'half'], {}, '--kv-transfer-timing-mode', /invalid|full_prompt/],
+    [['--kv-cache-dtype', 'int3'], {}, '--kv-cache-dtype', /invalid|must be one of/],
+    [['--disaggregation-mode', 'prefill'], { DYN_HTTP_RPC_HOST: 'prefill.local' }, 'DYN_HTTP_RPC_HOST', /must be an IP address/],
+    [['--dynamo-version', '1.4', '--disaggregation-mode', 'decode', '--zmq-kv-events-ports', '5557'], {}, '--zmq-kv-events-ports', /decode workers publish no KV events/],
+  ];
+  for (const [args, env, name, message] of refusals) {
+    it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
+      const { code, err } = await run(['--model-path', 'm', ...args], env);
+      expect(code).toBe(2);
+      expect(err).toContain(name);
+      expect(err).toMatch(message);
+    });
+  }
+
+  it('--help lists the disaggregation flags, also for replay and request', async () => {
+    const { out } = await run(['--help']);
+    for (const flag of ['--disaggregation-mode', '--is-prefill-worker', '--is-decode-worker', '--bootstrap-ports', '--kv-transfer-bandwidth', '--kv-bytes-per-token', '--kv-cache-dtype', '--kv-transfer-timing-mode']) {
+      expect(out).toContain(flag);
+    }
+    expect((await run(['replay', '--help'])).out).toContain('--kv-transfer-bandwidth');
+    const request = (await run(['request', '--help'])).out;
+    expect(request).toContain('--disaggregated');
+    expect(request).toContain('--prefill-endpoint');
+  });
+});

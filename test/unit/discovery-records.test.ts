@@ -4,7 +4,7 @@ import { deviceTypeFromEnv } from '../../src/config.js';
 import { endpointRecord, instanceRecord, modelRecord } from '../../src/dynamo/discovery-records.js';
 import { generationOf, type CardInput } from '../../src/dynamo/generation.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
-import { buildModelCard1x, type CardFile } from '../../src/dynamo/model-card.js';
+import { buildModelCard, buildModelCard1x, type CardFile } from '../../src/dynamo/model-card.js';
 import { fileStoreName, natsTransportSubject, requestSubject, splitBucketKey, tcpRoutingKey } from '../../src/dynamo/names.js';
 import { cardLocations, selfHostedPath } from '../../src/model/card-locations.js';
 import type { CheckedCardFile } from '../../src/model/card-files.js';
@@ -132,6 +132,40 @@ describe('1.4 card', () => {
   });
 });
 
+describe('role cards (disaggregation)', () => {
+  const base = {
+    displayName: 'm',
+    sourcePath: 'm',
+    files: new Map(),
+    architecturalContextLength: null,
+    runtimeContextLength: null,
+    blockSize: 16,
+    runtime: { totalKvBlocks: 10, maxNumSeqs: 2, maxNumBatchedTokens: 64, dataParallelSize: 1 },
+    enableLocalIndexer: false,
+  };
+  const topology = (card: string) => /"model_type":.*"needs":\[[^{]*?\],/.exec(card)?.[0];
+
+  it('1.4 prefill: empty model_type, worker_type prefill needing decode, the bootstrap endpoint after the KV flag', () => {
+    const card = buildModelCard1x({ ...base, kvEventPublishingEnabled: true, workerType: 'prefill', disaggregatedEndpoint: { host: '10.0.0.7', port: 7010 } });
+    expect(topology(card)).toBe('"model_type":"","model_input":"Tokens","worker_type":"prefill","needs":[["decode"]],');
+    expect(card).toContain('"kv_event_publishing_enabled":true,"disaggregated_endpoint":{"bootstrap_host":"10.0.0.7","bootstrap_port":7010},"enable_eagle":false}');
+  });
+
+  it('1.4 decode: chat and completions, worker_type decode needing prefill, no bootstrap endpoint', () => {
+    const card = buildModelCard1x({ ...base, kvEventPublishingEnabled: false, workerType: 'decode', disaggregatedEndpoint: null });
+    expect(topology(card)).toBe('"model_type":"Chat | Completions","model_input":"Tokens","worker_type":"decode","needs":[["prefill"]],');
+    expect(card).not.toContain('disaggregated_endpoint');
+  });
+
+  it("0.6.x prefill: model_type Prefill, the marker 0.6.1's frontend activates its prefill router on", () => {
+    const card = buildModelCard({ displayName: 'm', files: new Map(), contextLength: 0, blockSize: 16, runtime: base.runtime, workerType: 'prefill' });
+    expect(card).toContain('"model_type":"Prefill","model_input":"Tokens"');
+    expect(buildModelCard({ displayName: 'm', files: new Map(), contextLength: 0, blockSize: 16, runtime: base.runtime, workerType: 'decode' })).toContain(
+      '"model_type":"Chat | Completions"',
+    );
+  });
+});
+
 describe('generations', () => {
   const input: CardInput = {
     displayName: 'm',
@@ -142,6 +176,8 @@ describe('generations', () => {
     blockSize: 64,
     runtime: RUNTIME,
     kvEvents: true,
+    workerType: 'aggregated',
+    bootstrap: null,
   };
 
   it('0.6.1: the bare card under v1/mdc and the pretty untagged instance record with the slugified subject', () => {

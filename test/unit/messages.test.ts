@@ -14,6 +14,7 @@ import {
   prologueHeader,
   SENTINEL_HEADER,
   WireError,
+  DUMMY_DISAGGREGATED_PARAMS,
 } from '../../src/dynamo/messages.js';
 
 const ID = '8a0c2c8e-2d76-4c49-9d3c-7d7f8f0a6c11';
@@ -164,6 +165,8 @@ describe('parsePreprocessedRequest', () => {
       dpRank: null,
       backendInstanceId: null,
       annotations: [],
+      bootstrapInfo: null,
+      prefilledRemotely: false,
       raw: { token_ids: [5], stop_conditions: {} },
     });
     expect('model' in r).toBe(false);
@@ -364,5 +367,40 @@ describe('parseControlMessage', () => {
     expect(parseControlMessage(enc.encode('{"error":null}'))).toBeNull();
     expect(parseControlMessage(enc.encode('"stop'))).toBeNull();
     expect(parseControlMessage(new Uint8Array(100).fill(0x20))).toBeNull();
+  });
+});
+
+describe('disaggregation fields', () => {
+  const body = (extra: Record<string, unknown>) => JSON.stringify({ token_ids: [1, 2], stop_conditions: { max_tokens: 1 }, ...extra });
+
+  it('reads bootstrap_info with an exact u64 room and a normalised handoff id', () => {
+    const text = body({}).slice(0, -1) + ',"bootstrap_info":{"bootstrap_host":"10.0.0.1","bootstrap_port":7001,"bootstrap_room":18446744073709551615,"handoff_id":"0F8E3C2A-1111-4222-8333-944445555666"}}';
+    const r = parsePreprocessedRequest(text);
+    expect(r.bootstrapInfo).toEqual({ host: '10.0.0.1', port: 7001, room: 18446744073709551615n, handoffId: '0f8e3c2a-1111-4222-8333-944445555666' });
+    expect(r.prefilledRemotely).toBe(false);
+    expect(parsePreprocessedRequest(body({ bootstrap_info: { bootstrap_host: 'h', bootstrap_port: 1, bootstrap_room: 3 } })).bootstrapInfo?.handoffId).toBeNull();
+  });
+
+  it('marks a request prefilled elsewhere: prefill_result (1.x) or top-level disaggregated_params (0.6.1)', () => {
+    expect(parsePreprocessedRequest(body({ prefill_result: { disaggregated_params: 'dummy' } })).prefilledRemotely).toBe(true);
+    expect(parsePreprocessedRequest(body({ disaggregated_params: 'dummy' })).prefilledRemotely).toBe(true);
+    expect(parsePreprocessedRequest(body({ prefill_result: null })).prefilledRemotely).toBe(false);
+  });
+
+  it.each([
+    [{ bootstrap_info: 'x' }, /bootstrap_info must be an object/],
+    [{ bootstrap_info: { bootstrap_host: 'h', bootstrap_port: 70000, bootstrap_room: 1 } }, /bootstrap_port must be a u16/],
+    [{ bootstrap_info: { bootstrap_host: 'h', bootstrap_port: 1, bootstrap_room: -1 } }, /bootstrap_room must be a u64/],
+    [{ bootstrap_info: { bootstrap_port: 1, bootstrap_room: 1 } }, /missing field `bootstrap_info.bootstrap_host`/],
+    [{ bootstrap_info: { bootstrap_host: 'h', bootstrap_port: 1, bootstrap_room: 1, handoff_id: 'abc' } }, /handoff_id must be a UUID/],
+    [{ prefill_result: [1] }, /prefill_result must be an object/],
+  ])('refuses malformed handoff fields %#', (extra, message) => {
+    expect(() => parsePreprocessedRequest(body(extra))).toThrow(message);
+  });
+
+  it("writes a prefill's disaggregated_params after index, before completion_usage", () => {
+    expect(llmEngineOutput({ tokenIds: [5], disaggregatedParamsJson: DUMMY_DISAGGREGATED_PARAMS })).toBe(
+      '{"data":{"token_ids":[5],"tokens":null,"text":null,"cum_log_probs":null,"log_probs":null,"top_logprobs":null,"finish_reason":null,"index":null,"disaggregated_params":"dummy"}}',
+    );
   });
 });
