@@ -32,7 +32,7 @@ import { resolveModelFiles, type CardFileKind } from './model/resolve-model.js';
 import { createPolynomialTimingModel } from './core/timing/polynomial.js';
 import type { TimingModel } from './core/timing/timing-model.js';
 import { HandoffRendezvous } from './serving/handoff-sessions.js';
-import { RequestServer, realSleep, refuseUnrouted, type DisaggServing } from './serving/request-server.js';
+import { RequestServer, realSleep, refuseUnrouted, type DisaggServing, type QueuedWork } from './serving/request-server.js';
 import type { OpenSink } from './serving/response-sink.js';
 
 export interface WorkersIo {
@@ -349,7 +349,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       })
     : null;
   if (vllm) for (const rank of engine.ranks) rank.recordBlockTokens = true;
-  let admissionQueue: (rank: number) => Iterable<number> = () => [];
+  let admissionQueue: (rank: number) => Iterable<QueuedWork> = () => [];
   const planeEvents =
     generation.events === 'event-plane'
       ? new (await import('./adapters/worker-events.js')).WorkerEvents({

@@ -11,6 +11,7 @@ import type { DiscoverySession } from '../dynamo/registration.js';
 import type { EngineLoopHooks } from '../engine/engine-loop.js';
 import type { EventSink, EventTransport } from './event-plane.js';
 import { RankDebounce } from './rank-debounce.js';
+import type { QueuedWork } from '../serving/request-server.js';
 
 /** Dynamo's IDLE_HEARTBEAT_INTERVAL: an idle rank reports an all-zero pass this often. */
 export const FPM_HEARTBEAT_MS = 1000;
@@ -49,7 +50,7 @@ export interface WorkerEventsOptions {
   /** KV events are published only with prefix caching on (nothing is reusable otherwise). */
   kvEvents: boolean;
   /** Prompt lengths of the requests waiting for an admission slot on a rank (queued prefill work). */
-  admissionQueue: (rank: number) => Iterable<number>;
+  admissionQueue: (rank: number) => Iterable<QueuedWork>;
   log: Logger;
 }
 
@@ -156,7 +157,9 @@ export class WorkerEvents {
 
   private publishForwardPass(rank: number, snapshot: ForwardPassSnapshot, withAdmissionQueue: boolean): void {
     if (!this.fpm) return;
-    if (withAdmissionQueue) for (const promptLength of this.o.admissionQueue(rank)) snapshot.queuedPrefill.add(promptLength);
+    if (withAdmissionQueue) {
+      for (const w of this.o.admissionQueue(rank)) (w.kind === 'decode' ? snapshot.queuedDecode : snapshot.queuedPrefill).add(w.tokens);
+    }
     const s = snapshot;
     this.fpm.publish(
       this.wire!.packForwardPassMetrics(this.o.session.instanceId, rank, ++this.fpmCounters[rank], {

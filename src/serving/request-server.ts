@@ -63,6 +63,12 @@ export interface RequestServerOptions {
   observe?: (rank: number, arrivalMs: number) => RequestObserver;
 }
 
+/** A request waiting for an admission slot, as the forward-pass metrics count it. */
+export interface QueuedWork {
+  kind: 'prefill' | 'decode';
+  tokens: number;
+}
+
 /** A fault the request plane found in the frame around the payload (e.g. unreadable TCP headers). */
 export interface TransportFault {
   type: WorkErrorType;
@@ -194,9 +200,12 @@ export class RequestServer {
     return { kind: 'session', identity: { handoffId: info.handoffId, bootstrapRoom: info.room, requestId: identityRequestId(requestId) } };
   }
 
-  /** Prompt lengths of the requests waiting for an admission slot on `rank` (queued prefill work). */
-  *admissionQueue(rank: number): Iterable<number> {
-    for (const r of this.waitingForSlot[rank]) yield r.promptLength;
+  /**
+   * Requests waiting for an admission slot on `rank`: queued prefill work, or queued decode work for
+   * a handoff whose prompt arrives by transfer (not yet activated).
+   */
+  *admissionQueue(rank: number): Iterable<QueuedWork> {
+    for (const r of this.waitingForSlot[rank]) yield r.queuedWork;
   }
 
   /** Requests between their arrival and their last frame. */
@@ -364,6 +373,10 @@ class ActiveRequest {
 
   get promptLength(): number {
     return this.a.req.tokenIds.length;
+  }
+
+  get queuedWork(): QueuedWork {
+    return { kind: this.a.plan.kind === 'decode-session' ? 'decode' : 'prefill', tokens: this.promptLength };
   }
 
   private get prefill(): boolean {
