@@ -1,37 +1,54 @@
-// Drives the engine on a virtual clock: arrivals and passes as discrete events, as fast as the CPU allows.
-import type { Engine, EngineRequest } from '../core/engine.js';
+// Drives a fleet of engines on one virtual clock: arrivals, passes and timed actions as discrete events, as fast as the CPU allows.
+import type { Engine, EngineRequest, SubmitResult } from '../core/engine.js';
 import type { Sequence } from '../core/sequence.js';
-import type { PassResult } from '../core/scheduler.js';
+import type { PassResult, Scheduler } from '../core/scheduler.js';
 
+/** `worker` is the engine's index in the fleet (always 0 for a single-engine OfflineDriver). */
 export interface OfflineCallbacks {
-  /** A request entered the engine (or was refused) at `atMs`. */
-  onSubmit?(key: number, atMs: number, result: { ok: true; seq: Sequence; rank: number } | { ok: false; reason: string }): void;
+  /** `request` entered engine `worker` (or was refused) at `atMs`. */
+  onSubmit?(key: number, atMs: number, result: SubmitResult, worker: number, request: EngineRequest): void;
   /** One token of `seq`, visible at `atMs` (the end of its pass). */
-  onToken?(seq: Sequence, token: number, atMs: number): void;
+  onToken?(seq: Sequence, token: number, atMs: number, worker: number): void;
   /** `seq` emitted its last token (or needed none) at `atMs`. */
-  onFinish?(seq: Sequence, atMs: number): void;
-  onPass?(rank: number, result: PassResult): void;
+  onFinish?(seq: Sequence, atMs: number, worker: number): void;
+  onPass?(rank: number, result: PassResult, worker: number): void;
 }
 
-interface Arrival {
+/** Chooses the worker (an index into the fleet) for a request arriving at `nowMs`. */
+export type WorkerPicker = (request: EngineRequest, nowMs: number) => number;
+
+/** Round-robin over `workers` (fleet indices) in the order given, starting with the first. */
+export function roundRobin(workers: readonly number[]): WorkerPicker {
+  if (workers.length === 0) throw new Error('round-robin over no workers');
+  let next = 0;
+  return () => {
+    const worker = workers[next];
+    next = (next + 1) % workers.length;
+    return worker;
+  };
+}
+
+/** An arrival (`request`) or a timed action, e.g. the end of a KV transfer. */
+interface TimedEvent {
   atMs: number;
   order: number;
-  request: EngineRequest;
+  request?: EngineRequest;
+  action?: (nowMs: number) => void;
 }
 
-/** Min-heap of arrivals ordered by time, then by scheduling order (stable and deterministic). */
-class ArrivalHeap {
-  private readonly items: Arrival[] = [];
+/** Min-heap of events ordered by time, then by scheduling order (stable and deterministic). */
+class EventHeap {
+  private readonly items: TimedEvent[] = [];
 
   get size(): number {
     return this.items.length;
   }
 
-  peek(): Arrival | undefined {
+  peek(): TimedEvent | undefined {
     return this.items[0];
   }
 
-  push(item: Arrival): void {
+  push(item: TimedEvent): void {
     const a = this.items;
     a.push(item);
     let i = a.length - 1;
@@ -43,7 +60,7 @@ class ArrivalHeap {
     }
   }
 
-  pop(): Arrival | undefined {
+  pop(): TimedEvent | undefined {
     const a = this.items;
     if (a.length === 0) return undefined;
     const top = a[0];
@@ -66,81 +83,131 @@ class ArrivalHeap {
   }
 }
 
-function before(x: Arrival, y: Arrival): boolean {
+function before(x: TimedEvent, y: TimedEvent): boolean {
   return x.atMs < y.atMs || (x.atMs === y.atMs && x.order < y.order);
 }
 
-export class OfflineDriver {
-  private readonly arrivals = new ArrivalHeap();
+/**
+ * Several engines (workers, each with its DP ranks) on one virtual clock. Each (worker, rank) pair
+ * runs its passes back to back; arrivals go to the worker `pick` chooses; `at` runs any other
+ * action at its time (before the passes that start then). Code that hands an engine work outside
+ * `schedule` (activating a handoff, releasing KV) calls `wake` so an idle rank notices it.
+ */
+export class FleetDriver {
+  private readonly events = new EventHeap();
   private order = 0;
-  /** When each rank finishes its current pass (it may start the next one then). */
-  private readonly freeAt: number[];
-  /** A rank that made no progress waits for the next arrival instead of spinning. */
-  private readonly stalled: boolean[];
+  /** One slot per (worker, DP rank), worker-major; the arrays below are indexed by slot. */
+  private readonly schedulers: Scheduler[] = [];
+  private readonly slotWorker: number[] = [];
+  private readonly slotRank: number[] = [];
+  private readonly firstSlot: number[] = [];
+  /** When each slot finishes its current pass (it may start the next one then). */
+  private readonly freeAt: number[] = [];
+  /** A slot that made no progress waits to be woken (an arrival, `wake`) instead of spinning. */
+  private readonly stalled: boolean[] = [];
   passes = 0;
   nowMs = 0;
 
   constructor(
-    private readonly engine: Engine,
+    readonly engines: readonly Engine[],
     private readonly callbacks: OfflineCallbacks = {},
+    private readonly pick: WorkerPicker = roundRobin(engines.map((_, i) => i)),
   ) {
-    this.freeAt = engine.ranks.map(() => 0);
-    this.stalled = engine.ranks.map(() => false);
+    engines.forEach((engine, worker) => {
+      this.firstSlot.push(this.schedulers.length);
+      engine.ranks.forEach((scheduler, rank) => {
+        this.schedulers.push(scheduler);
+        this.slotWorker.push(worker);
+        this.slotRank.push(rank);
+        this.freeAt.push(0);
+        this.stalled.push(false);
+      });
+    });
   }
 
   /** Schedules a request to arrive at `atMs` (may be called from callbacks, e.g. closed loops). */
   schedule(atMs: number, request: EngineRequest): void {
-    this.arrivals.push({ atMs, order: this.order++, request });
+    this.events.push({ atMs, order: this.order++, request });
   }
 
-  /** Runs until every arrival is served; returns the virtual time of the last event. */
+  /** Runs `action` at `atMs`, after the events scheduled earlier for that time and before its passes. */
+  at(atMs: number, action: (nowMs: number) => void): void {
+    this.events.push({ atMs, order: this.order++, action });
+  }
+
+  /** Engine `worker` (only `rank`, if given) may have new work: idle ranks start a pass now, busy ones after theirs. */
+  wake(worker: number, rank?: number): void {
+    const first = this.firstSlot[worker];
+    const ranks = this.engines[worker].ranks.length;
+    for (let r = rank ?? 0, end = rank === undefined ? ranks : rank + 1; r < end; r++) {
+      const slot = first + r;
+      this.stalled[slot] = false;
+      if (this.freeAt[slot] < this.nowMs) this.freeAt[slot] = this.nowMs;
+    }
+  }
+
+  /** Runs until every event is handled and every engine is idle; returns the virtual time of the last event. */
   run(): number {
-    const ranks = this.engine.ranks;
+    const schedulers = this.schedulers;
+    const slots = schedulers.length;
     for (;;) {
       let next = Infinity;
-      const head = this.arrivals.peek();
+      const head = this.events.peek();
       if (head) next = head.atMs;
-      for (let r = 0; r < ranks.length; r++) {
-        if (!ranks[r].idle && !this.stalled[r] && this.freeAt[r] < next) next = this.freeAt[r];
+      for (let s = 0; s < slots; s++) {
+        if (!schedulers[s].idle && !this.stalled[s] && this.freeAt[s] < next) next = this.freeAt[s];
       }
       if (next === Infinity) {
-        if (!this.engine.idle) throw new Error('engine stalled: requests are waiting but no pass can make progress');
+        const busy = this.engines.findIndex((e) => !e.idle);
+        if (busy >= 0) {
+          const which = this.engines.length > 1 ? ` (worker ${busy})` : '';
+          throw new Error(`engine stalled${which}: requests are waiting but no pass can make progress`);
+        }
         return this.nowMs;
       }
       this.nowMs = Math.max(this.nowMs, next);
       const now = this.nowMs;
 
-      // Requests that arrive by now take part in the passes that start now.
-      for (let a = this.arrivals.peek(); a && a.atMs <= now; a = this.arrivals.peek()) {
-        this.arrivals.pop();
-        this.submit(a.request, now);
+      // Requests that arrive by now (and actions due now) take part in the passes that start now.
+      for (let e = this.events.peek(); e && e.atMs <= now; e = this.events.peek()) {
+        this.events.pop();
+        if (e.request) this.submit(e.request, now);
+        else e.action!(now);
       }
 
-      for (let r = 0; r < ranks.length; r++) {
-        const rank = ranks[r];
-        if (rank.idle || this.stalled[r] || this.freeAt[r] > now) continue;
-        const result = rank.step(now);
+      for (let s = 0; s < slots; s++) {
+        const scheduler = schedulers[s];
+        if (scheduler.idle || this.stalled[s] || this.freeAt[s] > now) continue;
+        const result = scheduler.step(now);
         this.passes++;
-        this.freeAt[r] = result.endMs;
-        if (result.scheduledTokens === 0 && result.emitted.length === 0) this.stalled[r] = true;
-        this.callbacks.onPass?.(r, result);
+        this.freeAt[s] = result.endMs;
+        if (result.scheduledTokens === 0 && result.emitted.length === 0) this.stalled[s] = true;
+        const worker = this.slotWorker[s];
+        this.callbacks.onPass?.(this.slotRank[s], result, worker);
         const { onToken, onFinish } = this.callbacks;
         const { emitted, tokens } = result;
         for (let i = 0; i < emitted.length; i++) {
-          onToken?.(emitted[i], tokens[i], result.endMs);
-          if (emitted[i].done) onFinish?.(emitted[i], result.endMs);
+          onToken?.(emitted[i], tokens[i], result.endMs, worker);
+          if (emitted[i].done) onFinish?.(emitted[i], result.endMs, worker);
         }
       }
     }
   }
 
   private submit(request: EngineRequest, now: number): void {
-    const result = this.engine.submit(request);
-    this.callbacks.onSubmit?.(request.key, now, result);
+    const worker = this.pick(request, now);
+    const result = this.engines[worker].submit(request);
+    this.callbacks.onSubmit?.(request.key, now, result, worker, request);
     if (!result.ok) return;
-    this.stalled[result.rank] = false;
     // A rank that sat idle starts its next pass no earlier than this arrival.
-    if (this.freeAt[result.rank] < now) this.freeAt[result.rank] = now;
-    if (result.seq.status === 'finished') this.callbacks.onFinish?.(result.seq, now);
+    this.wake(worker, result.rank);
+    if (result.seq.status === 'finished') this.callbacks.onFinish?.(result.seq, now, worker);
+  }
+}
+
+/** The single-engine driver (replay and the tests): a fleet of one. */
+export class OfflineDriver extends FleetDriver {
+  constructor(engine: Engine, callbacks: OfflineCallbacks = {}) {
+    super([engine], callbacks);
   }
 }
