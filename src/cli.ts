@@ -112,7 +112,9 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--concurrency <n>', 'closed loop: keep n requests in flight, ignoring timestamps')
     .option('--output <file.jsonl>', 'write one JSON line per request, in trace order')
     .option('--summary <file.json>', 'write the summary as JSON')
-    .option('--model-path <path>', 'local model directory or cached repo id for vocabulary and context length')
+    .option('--model-path <path>', 'local model directory or cached repo id for vocabulary, context length and KV bytes per token')
+    .option('--prefill-workers <n>', 'disaggregated: prefill workers, round-robin (needs --decode-workers; default: one aggregated worker)')
+    .option('--decode-workers <n>', 'disaggregated: decode workers, round-robin (needs --prefill-workers; default: one aggregated worker)')
     .option('--no-progress', 'do not print progress to stderr');
   addEngineOptions(replay);
   addKvTransferOptions(replay);

@@ -1,4 +1,5 @@
 // Per-request replay results and the run summary (percentiles, throughput, prefix hit rate).
+import type { KvTransferSettings, KvTransferTimingMode } from '../core/kv-transfer.js';
 
 export interface RequestResult {
   index: number;
@@ -13,6 +14,17 @@ export interface RequestResult {
   cached_tokens: number;
   preemptions: number;
   dp_rank: number | null;
+  // Disaggregated replay only (absent otherwise).
+  /** Prefill worker (0..P-1) that ran (or refused) the prompt; null when there was nothing to decode. */
+  prefill_worker?: number | null;
+  /** Decode worker (0..D-1) that reserved the KV. */
+  decode_worker?: number | null;
+  /** When the prefill worker emitted its hidden token (its pass end). */
+  prefill_done_ms?: number | null;
+  /** KV transfer delay, real model milliseconds (not divided by --speedup-ratio). */
+  transfer_ms?: number | null;
+  /** When the decode worker activated the request (prefill done + waiting for decode KV + transfer). */
+  decode_start_ms?: number | null;
   error?: string;
 }
 
@@ -40,6 +52,41 @@ export interface ReplaySummary {
   itl_ms: Percentiles;
   e2e_ms: Percentiles;
   passes: number;
+  /** Disaggregated replay only. */
+  disagg?: DisaggSummary;
+}
+
+export interface PoolSummary {
+  workers: number;
+  passes: number;
+  /** Simulated time the pool's ranks spent in passes, summed. */
+  busy_ms: number;
+  /** busy_ms over workers × DP ranks per worker × the time the last pass of any pool ended. */
+  busy_fraction: number;
+}
+
+export interface DisaggSummary {
+  prefill: PoolSummary;
+  decode: PoolSummary;
+  kv_transfer_bandwidth_gbps: number;
+  /** null: unknown (no --kv-bytes-per-token and no model config), so transfers took no time. */
+  kv_bytes_per_token: number | null;
+  kv_transfer_timing_mode: KvTransferTimingMode;
+  /** Arrival → prefill token (prefill queueing and compute). */
+  prefill_ms: Percentiles;
+  /** Prefill token → decode start: waiting for decode KV plus the transfer. */
+  handoff_ms: Percentiles;
+  transfer_ms: Percentiles;
+}
+
+/** What the replay measured of one pool. */
+export interface PoolUsage {
+  workers: number;
+  ranksPerWorker: number;
+  passes: number;
+  busyMs: number;
+  /** When this pool's last pass ended (the run's duration stops at the last pass start). */
+  lastPassEndMs: number;
 }
 
 /** Rounds simulated times to nanoseconds so output files are stable and readable. */
@@ -89,6 +136,38 @@ export function summarize(results: readonly RequestResult[], durationMs: number,
   };
 }
 
+/** The disaggregated part of the summary, over completed requests like the latencies. */
+export function summarizeDisagg(
+  results: readonly RequestResult[],
+  durationMs: number,
+  pools: { prefill: PoolUsage; decode: PoolUsage },
+  kv: KvTransferSettings,
+): DisaggSummary {
+  const done = results.filter((r) => r.error === undefined && r.finish_ms !== null);
+  const spanMs = Math.max(durationMs, pools.prefill.lastPassEndMs, pools.decode.lastPassEndMs);
+  const pool = (u: PoolUsage): PoolSummary => {
+    const capacity = spanMs * u.workers * u.ranksPerWorker;
+    return { workers: u.workers, passes: u.passes, busy_ms: roundMs(u.busyMs), busy_fraction: capacity > 0 ? Math.round((u.busyMs / capacity) * 1e6) / 1e6 : 0 };
+  };
+  const of = (f: (r: RequestResult) => number | null): Percentiles =>
+    stats(
+      done.flatMap((r) => {
+        const v = f(r);
+        return v === null ? [] : [v];
+      }),
+    );
+  return {
+    prefill: pool(pools.prefill),
+    decode: pool(pools.decode),
+    kv_transfer_bandwidth_gbps: kv.bandwidthGBps,
+    kv_bytes_per_token: kv.bytesPerToken,
+    kv_transfer_timing_mode: kv.timingMode,
+    prefill_ms: of((r) => (r.prefill_done_ms == null ? null : r.prefill_done_ms - r.arrival_ms)),
+    handoff_ms: of((r) => (r.decode_start_ms == null || r.prefill_done_ms == null ? null : r.decode_start_ms - r.prefill_done_ms)),
+    transfer_ms: of((r) => r.transfer_ms ?? null),
+  };
+}
+
 function fmt(v: number | null): string {
   return v === null ? '-' : v.toFixed(2);
 }
@@ -101,14 +180,31 @@ export function summaryTable(s: ReplaySummary): string {
   rows.push(`throughput      ${s.requests_per_s.toFixed(3)} req/s, ${s.output_tokens_per_s.toFixed(1)} output tok/s, ${s.total_tokens_per_s.toFixed(1)} total tok/s`);
   rows.push(`prefix hits     ${(s.prefix_hit_rate * 100).toFixed(2)}% of ${s.input_tokens} input tokens cached`);
   rows.push(`preemptions     ${s.preemptions}`);
+  const dg = s.disagg;
+  if (dg) {
+    rows.push(`disaggregated   ${dg.prefill.workers} prefill + ${dg.decode.workers} decode workers, round-robin; ${transferLine(dg)}`);
+    rows.push(`pool busy       prefill ${pct(dg.prefill.busy_fraction)} over ${dg.prefill.passes} passes, decode ${pct(dg.decode.busy_fraction)} over ${dg.decode.passes} passes`);
+  }
   rows.push('');
   rows.push('latency (ms)        p50        p90        p99       mean');
-  for (const [name, p] of [
+  const latencies: Array<readonly [string, Percentiles]> = [
     ['TTFT', s.ttft_ms],
     ['ITL', s.itl_ms],
     ['E2E', s.e2e_ms],
-  ] as const) {
+  ];
+  if (dg) latencies.push(['prefill', dg.prefill_ms], ['handoff', dg.handoff_ms], ['KV transfer', dg.transfer_ms]);
+  for (const [name, p] of latencies) {
     rows.push(`${name.padEnd(12)}${fmt(p.p50).padStart(11)}${fmt(p.p90).padStart(11)}${fmt(p.p99).padStart(11)}${fmt(p.mean).padStart(11)}`);
   }
   return rows.join('\n');
+}
+
+function pct(fraction: number): string {
+  return `${(fraction * 100).toFixed(2)}%`;
+}
+
+function transferLine(dg: DisaggSummary): string {
+  if (dg.kv_bytes_per_token === null) return 'KV transfer takes no time (KV bytes per token unknown)';
+  if (!(dg.kv_transfer_bandwidth_gbps > 0)) return 'KV transfer takes no time (bandwidth 0)';
+  return `KV transfer ${dg.kv_transfer_bandwidth_gbps} GB/s × ${dg.kv_bytes_per_token} B/token (${dg.kv_transfer_timing_mode})`;
 }
