@@ -191,6 +191,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
           histogramMaxLen: engineContextLength ?? 32768,
           // Several workers sharing this process's registry need worker_id to tell their series apart.
           vllmWorkerLabel: generation.vllmSeriesByWorker || config.numWorkers > 1,
+          vllmSeries: config.disagg.workerType !== 'prefill' || generation.vllmSeriesOnPrefill,
           log,
         })
       : null;

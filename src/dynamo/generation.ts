@@ -38,6 +38,8 @@ export interface Generation {
   cardFiles: 'local-paths' | 'object-store' | 'v1';
   /** Whether the vLLM-named series carry `worker_id` (1.4's mocker labels them by model and rank only). */
   vllmSeriesByWorker: boolean;
+  /** Whether a prefill worker exports vLLM-named series (1.4's mocker binds them at the first non-prefill request: never). */
+  vllmSeriesOnPrefill: boolean;
   card(input: CardInput): string;
   /** The value under v1/mdc/…/{id}. */
   modelRecord(ep: EndpointId, id: bigint, cardJson: string): string;
@@ -54,6 +56,7 @@ function legacy(version: '0.6.0' | '0.6.1'): Generation {
     events: 'jetstream',
     cardFiles: version === '0.6.0' ? 'object-store' : 'local-paths',
     vllmSeriesByWorker: true,
+    vllmSeriesOnPrefill: true,
     card: (c) =>
       buildModelCard({
         displayName: c.displayName,
@@ -82,6 +85,7 @@ function v14(deviceType: 'cpu' | 'cuda'): Generation {
     events: 'event-plane',
     cardFiles: 'v1',
     vllmSeriesByWorker: false,
+    vllmSeriesOnPrefill: false,
     card: (c) =>
       buildModelCard1x({
         displayName: c.displayName,

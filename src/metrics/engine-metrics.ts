@@ -28,7 +28,11 @@ export interface EngineSource {
   component: string;
   model: string;
   workerId: string;
+  /** False: this worker exports no vLLM-named series (Dynamo 1.4's prefill workers never bind them). */
+  vllmSeries?: boolean;
 }
+
+const NO_OBSERVER: RequestObserver = { token() {}, finish() {} };
 
 
 interface Family {
@@ -124,7 +128,7 @@ function family(registry: Registry, maxModelLen: number, workerLabel: boolean): 
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of sources) for (const r of rankTotals(s)) this.set(vllm(s, r.rank), value(r));
+        for (const s of sources) if (s.vllmSeries !== false) for (const r of rankTotals(s)) this.set(vllm(s, r.rank), value(r));
       },
     });
   vllmGauge('vllm:num_requests_running', 'Number of requests in model execution batches.', (r) => r.running);
@@ -142,6 +146,7 @@ function family(registry: Registry, maxModelLen: number, workerLabel: boolean): 
       registers: [registry],
       collect() {
         for (const s of sources) {
+          if (s.vllmSeries === false) continue;
           for (const r of rankTotals(s)) {
             const labels = vllm(s, r.rank);
             const key = `${s.workerId}/${r.rank}`;
@@ -187,6 +192,7 @@ export class EngineMetrics {
 
   /** Starts timing a request that arrived at `arrivalMs` on `rank`. */
   request(rank: number, arrivalMs: number): RequestObserver {
+    if (this.src.vllmSeries === false) return NO_OBSERVER;
     const labels = this.f.vllm(this.src, rank);
     const { ttft, itl, e2e, promptTokens, generationTokens } = this.f;
     let last: number | null = null;

@@ -32,6 +32,8 @@ export interface WorkerMetricsOptions {
   histogramMaxLen: number;
   /** Whether the vLLM-named series carry `worker_id` (see EngineMetrics). */
   vllmWorkerLabel: boolean;
+  /** Whether the vLLM-named series exist at all (not on a 1.4 prefill worker). */
+  vllmSeries: boolean;
   log: Logger;
 }
 
@@ -76,7 +78,7 @@ export async function startWorkerMetrics(o: WorkerMetricsOptions): Promise<{
     forWorker(workerId, engine, queues) {
       const request = WorkHandlerMetrics.forWorker(registry, { namespace, component, endpoint, model: o.model, workerId });
       if (engine === null) return { request, remove() {} };
-      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: o.model, workerId }, o.histogramMaxLen, o.vllmWorkerLabel);
+      const em = EngineMetrics.forWorker(registry, { engine, queued: (rank) => queues[rank].size, namespace, component, model: o.model, workerId, vllmSeries: o.vllmSeries }, o.histogramMaxLen, o.vllmWorkerLabel);
       return { request, observe: (rank, arrivalMs) => em.request(rank, arrivalMs), remove: () => em.remove() };
     },
   };

@@ -92,6 +92,9 @@ describe('Dynamo 1.4 disaggregated pairs (file discovery + TCP)', () => {
     expect(decodeCard.needs).toEqual([['prefill']]);
     expect((decodeCard.runtime_config as Record<string, unknown>).kv_event_publishing_enabled).toBe(false);
     expect((decodeCard.runtime_config as Record<string, unknown>).disaggregated_endpoint).toBeUndefined();
+    // Dynamo 1.4's prefill workers never bind the vLLM-named series; decode workers have them.
+    expect((await p.prefill.get('/metrics')).body).not.toMatch(/^vllm:/m);
+    expect((await p.decode.get('/metrics')).body).toMatch(/^vllm:num_requests_running\{/m);
   });
 
   it("drives the prefill router's bootstrap flow: exactly max_tokens tokens, the first no earlier than prefill plus transfer", async () => {
