@@ -43,9 +43,15 @@ function modelDir(contents: Partial<Record<CardFileKind, unknown>>): ModelFiles 
 const silent = { env: { HF_HUB_OFFLINE: '1' }, log: () => undefined };
 
 describe('readModelInfo on the tiny-model fixture', () => {
-  it('reads vocab 2048, EOS [2, 3], BOS 1, context 4096', async () => {
+  it('reads vocab 2048, EOS [2, 3], BOS 1, context 4096 and the KV shape', async () => {
     const files = await resolveModelFiles(FIXTURE, silent);
-    expect(readModelInfo(files)).toEqual({ contextLength: 4096, vocabSize: 2048, eosTokenIds: [2, 3], bosTokenId: 1 });
+    expect(readModelInfo(files)).toEqual({
+      contextLength: 4096,
+      vocabSize: 2048,
+      eosTokenIds: [2, 3],
+      bosTokenId: 1,
+      kvShape: { layers: 2, kvHeads: 2, hiddenSize: 64, attentionHeads: 4, dtype: 'bfloat16' },
+    });
   });
 
   it('is self-consistent: tokenizer.json has exactly vocab_size ids and the special tokens the configs name', () => {
@@ -162,6 +168,7 @@ describe('robustness', () => {
       vocabSize: 32000,
       eosTokenIds: [],
       bosTokenId: null,
+      kvShape: null,
     });
   });
 
