@@ -2,6 +2,7 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
 import { parseReplayConfig } from '../../src/config.js';
@@ -134,6 +135,18 @@ describe('disaggregated placement', () => {
     expect(r.rows[0].decode_start_ms).toBe(r.rows[0].prefill_done_ms);
     expect(r.err).toMatch(/^warning: .*--kv-bytes-per-token.*\n$/);
     expect(r.summary.disagg.kv_bytes_per_token).toBeNull();
+  });
+
+  it('--model-path derives KV bytes per token from the model config', async () => {
+    // tiny-model: 2 layers × 2 (K, V) × 2 KV heads × (64 / 4) head dim × 2 bytes (bfloat16) = 256 B.
+    const model = fileURLToPath(new URL('../fixtures/tiny-model/', import.meta.url));
+    const trace = [{ timestamp: 0, input_length: 8, output_length: 2 }];
+    const r = await replay(trace, [...P1D1, '--model-path', model, '--kv-transfer-bandwidth', '0.001']);
+    expect(r.summary.disagg.kv_bytes_per_token).toBe(256);
+    expect(r.rows[0].transfer_ms).toBeCloseTo(((8 * 256) / 1e6) * 1000, 9); // 0.001 GB/s = 1e6 B/s
+    const fp8 = await replay(trace, [...P1D1, '--model-path', model, '--kv-transfer-bandwidth', '0.001', '--kv-cache-dtype', 'fp8']);
+    expect(fp8.summary.disagg.kv_bytes_per_token).toBe(128);
+    expect(r.err).toBe('');
   });
 
   it('aggregated replay carries no disaggregation fields', async () => {
