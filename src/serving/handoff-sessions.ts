@@ -26,14 +26,39 @@ function sameIdentity(a: HandoffIdentity, b: HandoffIdentity): boolean {
   return a.handoffId === b.handoffId && a.bootstrapRoom === b.bootstrapRoom && a.requestId === b.requestId;
 }
 
+interface Deadline {
+  /** Rejects with the deadline's message when it passes. */
+  promise: Promise<never>;
+  clear(): void;
+  /** Moves the deadline `ms` later (Dynamo extends a session's by the modelled transfer). */
+  extend(ms: number): void;
+}
+
 /** A promise that rejects with `message` after `ms`, unless cleared. */
-function deadline(ms: number, message: string): { promise: Promise<never>; clear: () => void } {
+function deadline(ms: number, message: string): Deadline {
   let timer: NodeJS.Timeout | undefined;
+  let fire!: () => void;
+  let due = Date.now() + ms;
   const promise = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new HandoffFailed(message)), ms);
+    fire = () => reject(new HandoffFailed(message));
+    timer = setTimeout(fire, ms);
   });
   promise.catch(() => {});
-  return { promise, clear: () => clearTimeout(timer) };
+  return {
+    promise,
+    clear: () => clearTimeout(timer),
+    extend(extra) {
+      if (!(extra > 0)) return;
+      clearTimeout(timer);
+      due += extra;
+      timer = setTimeout(fire, Math.max(0, due - Date.now()));
+    },
+  };
+}
+
+/** The delay a SourceHeld timing implies for `tokens` (what either side extends its deadline by). */
+function timingDelayMs(timing: TransferTiming, tokens: number): number {
+  return transferDelayMs(tokens, { bytesPerToken: timing.kvBytesPerToken, bandwidthGBps: timing.bandwidthGBps ?? 0 });
 }
 
 function aborted(signal: AbortSignal, message: string): Promise<never> {
@@ -246,6 +271,7 @@ export async function runSourceSession(o: SourceSessionOptions): Promise<void> {
     takeId(); // SubmitPrefill
     await guarded(o.prefill());
     const timing = transferTiming(o.promptTokens, o.transfer);
+    if (timing.mode === 'full_prompt') limit.extend(timingDelayMs(timing, o.promptTokens));
     channel.send({ kind: 'SourceHeld', handoffId, timing });
     const reserveId = takeId();
     channel.send({ kind: 'Action', id: reserveId, action: 'ReserveDestination', handoffId });
@@ -255,6 +281,7 @@ export async function runSourceSession(o: SourceSessionOptions): Promise<void> {
     const fact = (await expect('DestinationReserved', (x) => x.kind === 'DestinationReserved')) as Extract<HandoffMessage, { kind: 'DestinationReserved' }>;
     takeId(); // StartTransfer
     const delay = transferDelayMs(transferTokens(o.transfer.timingMode, o.promptTokens, fact.transferablePromptTokens), o.transfer);
+    if (timing.mode === 'destination_missing') limit.extend(delay);
     if (delay > 0) await guarded(o.sleep(delay, stop.signal));
     const activateId = takeId();
     channel.send({ kind: 'Action', id: activateId, action: 'ActivateDestination', handoffId });
@@ -320,6 +347,7 @@ export async function runDestinationSession(o: DestinationSessionOptions): Promi
   let registered = false;
   let reserved = false;
   let activated = false;
+  let held: TransferTiming | null = null;
   let limit = deadline(o.rendezvousTimeoutMs, DESTINATION_ENDED);
   const cancelled = aborted(o.signal, DESTINATION_ENDED);
   cancelled.catch(() => {});
@@ -346,6 +374,14 @@ export async function runDestinationSession(o: DestinationSessionOptions): Promi
           break;
         case 'SourceHeld':
           if (m.handoffId !== channel.identity.handoffId) throw new HandoffFailed('source held a different handoff');
+          if (!registered) throw new HandoffFailed('source held the handoff before registering the destination');
+          if (held !== null) {
+            if (JSON.stringify(held) !== JSON.stringify(m.timing)) throw new HandoffFailed('source changed the handoff transfer timing');
+            break;
+          }
+          held = m.timing;
+          // The session may take the modelled transfer longer (full_prompt: known now).
+          if (held.mode === 'full_prompt') limit.extend(timingDelayMs(held, held.fullPromptTokens));
           break;
         case 'Action': {
           const seen = outcomes.get(m.id);
@@ -362,8 +398,10 @@ export async function runDestinationSession(o: DestinationSessionOptions): Promi
             // The ack always precedes the fact, even when the KV is reserved at once.
             let acked = false;
             let early: number | null = null;
-            const fact = (transferable: number): void =>
+            const fact = (transferable: number): void => {
+              if (held?.mode === 'destination_missing') limit.extend(timingDelayMs(held, transferable));
               channel.send({ kind: 'DestinationReserved', handoffId: channel.identity.handoffId, transferablePromptTokens: transferable });
+            };
             const refusal = o.reserve((transferable) => (acked ? fact(transferable) : (early = transferable)));
             if (refusal !== null) answer(m.id, m.action, { failed: refusal });
             else {
