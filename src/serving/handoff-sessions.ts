@@ -34,13 +34,18 @@ interface Deadline {
   extend(ms: number): void;
 }
 
-/** A promise that rejects with `message` after `ms`, unless cleared. */
+/** A promise that rejects with `message` after `ms` (plus any extensions), unless cleared. */
 function deadline(ms: number, message: string): Deadline {
   let timer: NodeJS.Timeout | undefined;
-  let fire!: () => void;
-  let due = Date.now() + ms;
+  // Extensions granted since the timer was armed: when it fires, it re-arms for them instead.
+  let pending = 0;
   const promise = new Promise<never>((_, reject) => {
-    fire = () => reject(new HandoffFailed(message));
+    const fire = (): void => {
+      if (pending > 0) {
+        timer = setTimeout(fire, pending);
+        pending = 0;
+      } else reject(new HandoffFailed(message));
+    };
     timer = setTimeout(fire, ms);
   });
   promise.catch(() => {});
@@ -48,10 +53,7 @@ function deadline(ms: number, message: string): Deadline {
     promise,
     clear: () => clearTimeout(timer),
     extend(extra) {
-      if (!(extra > 0)) return;
-      clearTimeout(timer);
-      due += extra;
-      timer = setTimeout(fire, Math.max(0, due - Date.now()));
+      if (extra > 0) pending += extra;
     },
   };
 }
