@@ -13,6 +13,21 @@ async function run(args: string[], env: Record<string, string> = {}) {
   return { code, out, err };
 }
 
+type Refusal = [args: string[], env: Record<string, string>, name: string, message: RegExp];
+
+/** One test per refusal: exit code 2 and a message naming the flag or variable (one line, unless commander's usage hint follows). */
+function itRefuses(refusals: readonly Refusal[], oneLine = true): void {
+  for (const [args, env, name, message] of refusals) {
+    it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
+      const { code, err } = await run(['--model-path', 'm', ...args], env);
+      expect(code).toBe(2);
+      expect(err).toContain(name);
+      expect(err).toMatch(message);
+      if (oneLine) expect(err.trim().split('\n')).toHaveLength(1);
+    });
+  }
+}
+
 const dir = mkdtempSync(join(tmpdir(), 'cli-test-'));
 const trace = join(dir, 'trace.jsonl');
 writeFileSync(trace, '{"timestamp":0,"input_length":100,"output_length":3}\n');
@@ -184,7 +199,7 @@ describe('protocol generations, planes and discovery', () => {
     expect(cfg({})).toMatchObject({ gracefulShutdownMs: 30_000, natsStreamMaxAgeS: 3600 });
   });
 
-  const refusals: Array<[string[], Record<string, string>, string, RegExp]> = [
+  const refusals: Refusal[] = [
     [['--request-plane', 'tcp'], {}, '--request-plane', /'tcp' is not spoken by --dynamo-version 0\.6\.1/],
     [[], { DYN_REQUEST_PLANE: 'tcp' }, 'DYN_REQUEST_PLANE', /not spoken by --dynamo-version 0\.6\.1/],
     [['--dynamo-version', '0.6.0', '--discovery-backend', 'file'], {}, '--discovery-backend', /'file' is not spoken by --dynamo-version 0\.6\.0/],
@@ -207,15 +222,7 @@ describe('protocol generations, planes and discovery', () => {
     [['--dynamo-version', '1.4', '--zmq-replay-ports', '5600'], {}, '--zmq-replay-ports', /needs --zmq-kv-events-ports/],
     [['--dynamo-version', '1.4', '--zmq-kv-events-ports', '5557', '--no-kv-events'], {}, '--zmq-kv-events-ports', /contradicts --no-kv-events/],
   ];
-  for (const [args, env, name, message] of refusals) {
-    it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
-      const { code, err } = await run(['--model-path', 'm', ...args], env);
-      expect(code).toBe(2);
-      expect(err).toContain(name);
-      expect(err).toMatch(message);
-      expect(err.trim().split('\n')).toHaveLength(1);
-    });
-  }
+  itRefuses(refusals);
 
   it('publishes KV events with prefix caching unless --no-kv-events', () => {
     expect(cfg({ dynamoVersion: '1.4' }).kvEvents).toBe(true);
@@ -278,7 +285,7 @@ describe('disaggregation flags', () => {
     expect(cfg({ disaggregationMode: 'prefill' }, { DYN_HTTP_RPC_HOST: '10.1.2.3' }).disagg.bootstrapHost).toBe('10.1.2.3');
   });
 
-  const refusals: Array<[string[], Record<string, string>, string, RegExp]> = [
+  const refusals: Refusal[] = [
     [['--disaggregation-mode', 'prefill', '--is-prefill-worker'], {}, '--is-prefill-worker', /cannot be combined with --disaggregation-mode/],
     [['--disaggregation-mode', 'decode', '--is-decode-worker'], {}, '--is-decode-worker', /cannot be combined with --disaggregation-mode/],
     [['--is-prefill-worker', '--is-decode-worker'], {}, '--is-prefill-worker', /cannot be combined with --is-decode-worker/],
@@ -292,14 +299,8 @@ describe('disaggregation flags', () => {
     [['--disaggregation-mode', 'prefill'], { DYN_HTTP_RPC_HOST: 'prefill.local' }, 'DYN_HTTP_RPC_HOST', /must be an IP address/],
     [['--dynamo-version', '1.4', '--disaggregation-mode', 'decode', '--zmq-kv-events-ports', '5557'], {}, '--zmq-kv-events-ports', /decode workers publish no KV events/],
   ];
-  for (const [args, env, name, message] of refusals) {
-    it(`exits 2 naming ${name}: ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}`, async () => {
-      const { code, err } = await run(['--model-path', 'm', ...args], env);
-      expect(code).toBe(2);
-      expect(err).toContain(name);
-      expect(err).toMatch(message);
-    });
-  }
+  // Commander itself refuses a value outside a flag's choices, adding its usage hint.
+  itRefuses(refusals, false);
 
   it('--help lists the disaggregation flags, also for replay and request', async () => {
     const { out } = await run(['--help']);

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
 import { parseReplayConfig } from '../../src/config.js';
+import { mixedTraceLines } from '../helpers/traces.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'replay-disagg-'));
 let n = 0;
@@ -158,12 +159,7 @@ describe('disaggregated placement', () => {
 });
 
 describe('disaggregated determinism', () => {
-  const lines = Array.from({ length: 200 }, (_, i) => ({
-    timestamp: i * 37,
-    input_length: 200 + ((i * 7919) % 3000),
-    output_length: 1 + ((i * 104729) % 150),
-    hash_ids: Array.from({ length: Math.ceil((200 + ((i * 7919) % 3000)) / 512) }, (_, k) => (k < 2 ? k + (i % 3) * 10 : 1000 + i * 10 + k)),
-  }));
+  const lines = mixedTraceLines(200);
 
   it('same trace, flags and seed give byte-identical files', async () => {
     const flags = ['--prefill-workers', '2', '--decode-workers', '3', '--num-gpu-blocks-override', '400', '--kv-transfer-timing-mode', 'destination_missing', ...MS_PER_TOKEN];

@@ -7,6 +7,7 @@ import { main } from '../../src/cli.js';
 import { parseReplayConfig } from '../../src/config.js';
 import { simulateTrace } from '../../src/replay/run-replay.js';
 import { parseTrace } from '../../src/replay/trace.js';
+import { mixedTraceLines } from '../helpers/traces.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'replay-test-'));
 let n = 0;
@@ -133,12 +134,7 @@ describe('replay timings', () => {
 });
 
 describe('replay determinism', () => {
-  const lines = Array.from({ length: 200 }, (_, i) => ({
-    timestamp: i * 37,
-    input_length: 200 + ((i * 7919) % 3000),
-    output_length: 1 + ((i * 104729) % 150),
-    hash_ids: Array.from({ length: Math.ceil((200 + ((i * 7919) % 3000)) / 512) }, (_, k) => (k < 2 ? k + (i % 3) * 10 : 1000 + i * 10 + k)),
-  }));
+  const lines = mixedTraceLines(200);
 
   it('same input and seed give byte-identical files', async () => {
     const a = await replay(lines, ['--num-gpu-blocks-override', '400']);

@@ -11,7 +11,7 @@ import type { WorkerType } from '../../src/core/types.js';
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { EngineLoop } from '../../src/engine/engine-loop.js';
 import { createXxh3 } from '../../src/hashing/xxh3.js';
-import type { RequestMetrics, WorkErrorType } from '../../src/metrics/request-metrics.js';
+import { CountingMetrics } from '../helpers/counting-metrics.js';
 import { QueuedChannel, channelPair } from '../../src/serving/handoff-channel.js';
 import { HandoffRendezvous } from '../../src/serving/handoff-sessions.js';
 import { RequestServer, type DisaggServing } from '../../src/serving/request-server.js';
@@ -25,31 +25,6 @@ const silent = pino({ level: 'silent' });
 const TRANSFER: KvTransferSettings = { bandwidthGBps: 1, bytesPerToken: 1_000_000, timingMode: 'full_prompt' };
 const PROMPT = tokens(8, 100);
 const TRANSFER_MS = transferDelayMs(PROMPT.length, TRANSFER);
-
-/** Counts what the request path reports, like the work-handler metrics do (as in request-server.test.ts). */
-class CountingMetrics implements RequestMetrics {
-  requests = 0;
-  ended = 0;
-  cancellations = 0;
-  errors: WorkErrorType[] = [];
-  begin() {
-    this.requests++;
-    let done = false;
-    return {
-      responseBytes: () => {},
-      end: () => {
-        if (!done) this.ended++;
-        done = true;
-      },
-    };
-  }
-  error(type: WorkErrorType) {
-    this.errors.push(type);
-  }
-  cancelled() {
-    this.cancellations++;
-  }
-}
 
 interface Worker {
   server: RequestServer;
@@ -153,6 +128,19 @@ function disaggPair(clock: VirtualClock, o: { prefill?: Partial<DisaggServing>; 
     o.setup,
   );
   return { prefill, decode, rendezvous, connections };
+}
+
+/** A transfer wait that never ends by itself (only its abort signal ends it), and whether it has begun. */
+function stalledTransfer(): { sleep: DisaggServing['sleep']; started: () => boolean } {
+  let begun = false;
+  return {
+    started: () => begun,
+    sleep: (_ms, signal) =>
+      new Promise<void>((_, reject) => {
+        begun = true;
+        signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+      }),
+  };
 }
 
 let uuidCounter = 0;
@@ -284,22 +272,16 @@ describe('prefill/decode pair over a bootstrap session', () => {
 
   it('cancelling the decode mid-session ends the prefill with an error item and frees its held KV', async () => {
     const clock = new VirtualClock();
-    let transferring = false;
+    const transfer = stalledTransfer();
     const { prefill, decode, connections } = disaggPair(clock, {
       // The transfer never ends by itself: the decode is cancelled while the source waits for it.
-      prefill: {
-        sleep: (_ms, signal) =>
-          new Promise<void>((_, reject) => {
-            transferring = true;
-            signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
-          }),
-      },
+      prefill: { sleep: transfer.sleep },
     });
     const requestId = uuid();
     const info = bootstrap(uuid());
     const d = decode.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
     const p = prefill.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    await until(() => transferring, 'the transfer to start');
+    await until(transfer.started, 'the transfer to start');
     // The source holds the prefill's KV; the destination holds a reservation that was never activated.
     expect(prefill.engine.ranks[0].snapshot().activeBlocks).toBeGreaterThan(0);
     expect(queuedHandoffs(decode.engine, clock.now())).toBe(1);
@@ -324,21 +306,15 @@ describe('prefill/decode pair over a bootstrap session', () => {
 
   it('cancelling the prefill mid-session ends the decode with "destination handoff ended before completion"', async () => {
     const clock = new VirtualClock();
-    let transferring = false;
+    const transfer = stalledTransfer();
     const { prefill, decode } = disaggPair(clock, {
-      prefill: {
-        sleep: (_ms, signal) =>
-          new Promise<void>((_, reject) => {
-            transferring = true;
-            signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
-          }),
-      },
+      prefill: { sleep: transfer.sleep },
     });
     const requestId = uuid();
     const info = bootstrap(uuid());
     const d = decode.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
     const p = prefill.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    await until(() => transferring, 'the transfer to start');
+    await until(transfer.started, 'the transfer to start');
     prefill.sinks[0].send('stop');
     await Promise.all([d, p]);
     expect(prefill.sinks[0].shape).toEqual(['prologue ok', '1 items', 'end-stopped']);

@@ -9,41 +9,13 @@ import { createPolynomialTimingModel } from '../../src/core/timing/polynomial.js
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { EngineLoop } from '../../src/engine/engine-loop.js';
 import { createXxh3 } from '../../src/hashing/xxh3.js';
-import type { RequestMetrics, WorkErrorType } from '../../src/metrics/request-metrics.js';
+import { CountingMetrics } from '../helpers/counting-metrics.js';
 import { RequestServer, refuseUnrouted } from '../../src/serving/request-server.js';
 import { engineSetup, tokens } from '../helpers/core-fixtures.js';
 import { MemorySink } from '../helpers/memory-sink.js';
 
 const xxh = await createXxh3();
 const silent = pino({ level: 'silent' });
-
-/** Counts what the request path reports, like the work-handler metrics do. */
-class CountingMetrics implements RequestMetrics {
-  requests = 0;
-  ended = 0;
-  requestBytes = 0;
-  responseBytes = 0;
-  cancellations = 0;
-  errors: WorkErrorType[] = [];
-  begin(bytes: number) {
-    this.requests++;
-    this.requestBytes += bytes;
-    let done = false;
-    return {
-      responseBytes: (n: number) => (this.responseBytes += n),
-      end: () => {
-        if (!done) this.ended++;
-        done = true;
-      },
-    };
-  }
-  error(type: WorkErrorType) {
-    this.errors.push(type);
-  }
-  cancelled() {
-    this.cancellations++;
-  }
-}
 
 interface Harness {
   server: RequestServer;
