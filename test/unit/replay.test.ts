@@ -3,32 +3,13 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { main } from '../../src/cli.js';
 import { parseReplayConfig } from '../../src/config.js';
 import { simulateTrace } from '../../src/replay/run-replay.js';
 import { parseTrace } from '../../src/replay/trace.js';
-import { mixedTraceLines } from '../helpers/traces.js';
+import { mixedTraceLines, replayCli } from '../helpers/traces.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'replay-test-'));
-let n = 0;
 
-async function replay(lines: object[] | string, args: string[] = []) {
-  const trace = join(dir, `t${n}.jsonl`);
-  const output = join(dir, `o${n}.jsonl`);
-  const summary = join(dir, `s${n++}.json`);
-  writeFileSync(trace, typeof lines === 'string' ? lines : lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
-  let out = '';
-  let err = '';
-  const code = await main(['replay', '--trace', trace, '--output', output, '--summary', summary, '--no-progress', ...args], {
-    out: (t) => (out += t),
-    err: (t) => (err += t),
-    env: {},
-    isTty: false,
-  });
-  if (code !== 0) return { code, out, err, rows: [], summary: null, bytes: '' };
-  const bytes = readFileSync(output, 'utf8');
-  return { code, out, err, bytes, rows: bytes.trim().split('\n').map((l) => JSON.parse(l)), summary: JSON.parse(readFileSync(summary, 'utf8')) };
-}
+const replay = replayCli;
 
 // Dynamo's polynomial, written out independently of src/.
 const prefill = (n: number) => (n <= 0 ? 0 : 4.209989e-7 * n * n + 1.518344e-2 * n + 16.50142);

@@ -130,6 +130,16 @@ function disaggPair(clock: VirtualClock, o: { prefill?: Partial<DisaggServing>; 
   return { prefill, decode, rendezvous, connections };
 }
 
+/** Sends a bootstrap pair and waits until its source is in the (stalled) transfer; resolves to both requests' completions. */
+async function pairStalledInTransfer(prefill: Worker, decode: Worker, transfer: ReturnType<typeof stalledTransfer>): Promise<{ d: Promise<void>; p: Promise<void> }> {
+  const requestId = uuid();
+  const info = bootstrap(uuid());
+  const d = decode.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
+  const p = prefill.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
+  await until(transfer.started, 'the transfer to start');
+  return { d, p };
+}
+
 /** A transfer wait that never ends by itself (only its abort signal ends it), and whether it has begun. */
 function stalledTransfer(): { sleep: DisaggServing['sleep']; started: () => boolean } {
   let begun = false;
@@ -277,11 +287,7 @@ describe('prefill/decode pair over a bootstrap session', () => {
       // The transfer never ends by itself: the decode is cancelled while the source waits for it.
       prefill: { sleep: transfer.sleep },
     });
-    const requestId = uuid();
-    const info = bootstrap(uuid());
-    const d = decode.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    const p = prefill.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    await until(transfer.started, 'the transfer to start');
+    const { d, p } = await pairStalledInTransfer(prefill, decode, transfer);
     // The source holds the prefill's KV; the destination holds a reservation that was never activated.
     expect(prefill.engine.ranks[0].snapshot().activeBlocks).toBeGreaterThan(0);
     expect(queuedHandoffs(decode.engine, clock.now())).toBe(1);
@@ -310,11 +316,7 @@ describe('prefill/decode pair over a bootstrap session', () => {
     const { prefill, decode } = disaggPair(clock, {
       prefill: { sleep: transfer.sleep },
     });
-    const requestId = uuid();
-    const info = bootstrap(uuid());
-    const d = decode.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    const p = prefill.server.handle(payload(requestId, { tokenIds: PROMPT, maxTokens: 12, bootstrapInfo: info }));
-    await until(transfer.started, 'the transfer to start');
+    const { d, p } = await pairStalledInTransfer(prefill, decode, transfer);
     prefill.sinks[0].send('stop');
     await Promise.all([d, p]);
     expect(prefill.sinks[0].shape).toEqual(['prologue ok', '1 items', 'end-stopped']);

@@ -9,6 +9,7 @@ import { createPolynomialTimingModel } from '../../src/core/timing/polynomial.js
 import { encodeTwoPartText } from '../../src/dynamo/two-part-codec.js';
 import { EngineLoop } from '../../src/engine/engine-loop.js';
 import { createXxh3 } from '../../src/hashing/xxh3.js';
+import type { WorkErrorType } from '../../src/metrics/request-metrics.js';
 import { CountingMetrics } from '../helpers/counting-metrics.js';
 import { RequestServer, refuseUnrouted } from '../../src/serving/request-server.js';
 import { engineSetup, tokens } from '../helpers/core-fixtures.js';

@@ -3,7 +3,7 @@ import { Socket } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TcpRequestPlane, type TcpRoute } from '../../src/adapters/tcp-request-plane.js';
-import { TCP_SERVER_DEFAULTS } from '../../src/config.js';
+import { TCP_SERVER_DEFAULTS, type TcpServerSettings } from '../../src/config.js';
 import { TcpResponseDecoder, encodeTcpRequest } from '../../src/dynamo/tcp-request-codec.js';
 import type { TransportFault } from '../../src/serving/request-server.js';
 import { waitFor } from '../helpers/servers.js';
@@ -34,7 +34,7 @@ function recorder(path: string, seen: Seen[]): TcpRoute & { finish(): void } {
   };
 }
 
-async function plane(settings: Partial<typeof TCP_SERVER_DEFAULTS> = {}) {
+async function plane(settings: Partial<TcpServerSettings> = {}) {
   const unrouted: string[] = [];
   const framing: string[] = [];
   const p = await TcpRequestPlane.listen({
