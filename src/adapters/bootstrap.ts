@@ -6,21 +6,16 @@ import {
   HandoffFrameDecoder,
   checkHeader,
   encodeHandoffFrame,
+  sameIdentity,
   type HandoffIdentity,
-  type HandoffMessage,
+  type RegisterMessage as Register,
 } from '../dynamo/handoff-wire.js';
 import { QueuedChannel, type HandoffChannel } from '../serving/handoff-channel.js';
 import { hostPort } from './local-ip.js';
 import { connectTcp } from './tcp-connect.js';
 
-type Register = Extract<HandoffMessage, { kind: 'Register' }>;
-
 /** Dynamo's limit for the header and the first frame, and for connecting. */
 export const BOOTSTRAP_IO_TIMEOUT_MS = 30_000;
-
-function sameIdentity(a: HandoffIdentity, b: HandoffIdentity): boolean {
-  return a.handoffId === b.handoffId && a.bootstrapRoom === b.bootstrapRoom && a.requestId === b.requestId;
-}
 
 /**
  * A channel over an established socket: every frame repeats the identity, and a frame that changes
@@ -95,7 +90,7 @@ export function listenBootstrap(port: number, onDestination: (channel: HandoffCh
         const channel = socketChannel(socket, first.identity, decoder, null);
         onDestination(channel, first.message);
         for (const later of frames.slice(1)) {
-          if (later.identity.handoffId !== first.identity.handoffId) return channel.close('bootstrap frame changed session identity');
+          if (!sameIdentity(later.identity, first.identity)) return channel.close('bootstrap frame changed session identity');
           channel.deliver(later.message);
         }
       } catch (err) {

@@ -69,6 +69,14 @@ export type HandoffMessage =
   | { kind: 'Overloaded' }
   | { kind: 'ProtocolError'; message: string };
 
+/** The first frame a destination sends. */
+export type RegisterMessage = Extract<HandoffMessage, { kind: 'Register' }>;
+
+/** Both ends and every frame of a session must carry the same identity. */
+export function sameIdentity(a: HandoffIdentity, b: HandoffIdentity): boolean {
+  return a.handoffId === b.handoffId && a.bootstrapRoom === b.bootstrapRoom && a.requestId === b.requestId;
+}
+
 export interface HandoffFrame {
   identity: HandoffIdentity;
   message: HandoffMessage;
@@ -95,7 +103,7 @@ const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
  * The forms the uuid crate's `parse_str` (and so serde) accepts — simple, hyphenated, braced, urn —
  * as the lowercase hyphenated form it writes; null if the text is not a UUID.
  */
-function canonicalUuid(text: string): string | null {
+export function canonicalUuid(text: string): string | null {
   if (SIMPLE_UUID.test(text)) {
     const h = text.toLowerCase();
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;

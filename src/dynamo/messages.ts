@@ -1,4 +1,5 @@
 // Dynamo request/response wire messages: validating parsers for what the frontend sends, builders for replies.
+import { canonicalUuid } from './handoff-wire.js';
 import { JsonSyntaxError, parseJson, stringifyJson, type JsonValue } from './lossless-json.js';
 
 /** A wire message that does not match Dynamo's schema; `field` is the dotted path of the offending field. */
@@ -185,8 +186,6 @@ export interface BootstrapInfo {
   handoffId: string | null;
 }
 
-const UUID_RE = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
-
 function parseBootstrapInfo(v: JsonValue | undefined): BootstrapInfo | null {
   if (v === undefined || v === null) return null;
   const o = expectObject(v, 'bootstrap_info', PPR);
@@ -201,10 +200,11 @@ function parseBootstrapInfo(v: JsonValue | undefined): BootstrapInfo | null {
     throw new WireError(`${PPR}: bootstrap_info.bootstrap_room must be a u64 integer, got ${describe(roomRaw)}`, 'bootstrap_info.bootstrap_room');
   }
   const id = child(o, 'handoff_id');
-  if (id !== undefined && id !== null && (typeof id !== 'string' || !UUID_RE.test(id))) {
+  const handoffId = typeof id === 'string' ? canonicalUuid(id) : null;
+  if (id !== undefined && id !== null && handoffId === null) {
     throw new WireError(`${PPR}: bootstrap_info.handoff_id must be a UUID string, got ${describe(id)}`, 'bootstrap_info.handoff_id');
   }
-  return { host, port, room, handoffId: typeof id === 'string' ? id.toLowerCase() : null };
+  return { host, port, room, handoffId };
 }
 
 export interface PreprocessedRequest {

@@ -6,10 +6,16 @@
 // modelled transfer, asks for activation (acked Applied), frees its KV and says Complete.
 import type { KvTransferSettings } from '../core/kv-transfer.js';
 import { transferDelayMs, transferTokens } from '../core/kv-transfer.js';
-import type { ActionOutcome, DestinationAction, HandoffIdentity, HandoffMessage, TransferTiming } from '../dynamo/handoff-wire.js';
+import {
+  sameIdentity,
+  type ActionOutcome,
+  type DestinationAction,
+  type HandoffIdentity,
+  type HandoffMessage,
+  type RegisterMessage as Register,
+  type TransferTiming,
+} from '../dynamo/handoff-wire.js';
 import { HandoffClosed, type HandoffChannel } from './handoff-channel.js';
-
-type Register = Extract<HandoffMessage, { kind: 'Register' }>;
 
 /** The error text both ends report for a destination whose session did not complete (Dynamo's wording). */
 export const DESTINATION_ENDED = 'destination handoff ended before completion';
@@ -20,10 +26,6 @@ const OUTCOME_CACHE_BOUND = 16;
 /** What a session failed with; `message` is what the request's stream reports. */
 export class HandoffFailed extends Error {
   override name = 'HandoffFailed';
-}
-
-function sameIdentity(a: HandoffIdentity, b: HandoffIdentity): boolean {
-  return a.handoffId === b.handoffId && a.bootstrapRoom === b.bootstrapRoom && a.requestId === b.requestId;
 }
 
 interface Deadline {

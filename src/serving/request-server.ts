@@ -7,7 +7,7 @@ import type { EngineRequest } from '../core/engine.js';
 import { transferDelayMs, type KvTransferSettings } from '../core/kv-transfer.js';
 import type { Sequence } from '../core/sequence.js';
 import type { WorkerType } from '../core/types.js';
-import type { HandoffIdentity } from '../dynamo/handoff-wire.js';
+import { canonicalUuid, type HandoffIdentity } from '../dynamo/handoff-wire.js';
 import type { EngineLoop, TokenSink } from '../engine/engine-loop.js';
 import type { HandoffChannel } from './handoff-channel.js';
 import { HandoffFailed, runDestinationSession, runSourceSession, type HandoffRendezvous } from './handoff-sessions.js';
@@ -166,9 +166,12 @@ export async function refuseUnrouted(
   }
 }
 
-/** A request id as a session identity's UUID: the frontend sends one context id to both workers. */
+/**
+ * A request id as a session identity's UUID: the frontend sends one context id to both workers. An id
+ * that is no UUID gets a random one, as in Dynamo (so its session fails the identity check).
+ */
 function identityRequestId(id: string): string {
-  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id) ? id.toLowerCase() : randomUUID();
+  return canonicalUuid(id) ?? randomUUID();
 }
 
 export class RequestServer {
