@@ -220,8 +220,6 @@ export interface PreprocessedRequest {
   annotations: string[];
   /** 1.x `bootstrap_info`: the KV handoff session the frontend set up between a prefill and a decode worker. */
   bootstrapInfo: BootstrapInfo | null;
-  /** The prompt was prefilled elsewhere: 0.6.1's top-level `disaggregated_params` or 1.x's `prefill_result`. */
-  prefilledRemotely: boolean;
   /** The whole parsed body (lossless), for fields this interface does not surface. */
   raw: unknown;
 }
@@ -307,10 +305,10 @@ export function parsePreprocessedRequest(bodyJson: string | Uint8Array): Preproc
   }
 
   const bootstrapInfo = parseBootstrapInfo(child(root, 'bootstrap_info'));
+  // Read by nobody (a decode worker computes no prompt whether or not it was prefilled elsewhere, as
+  // in Dynamo), but a malformed one is still a malformed request.
   const prefillResult = child(root, 'prefill_result');
   if (prefillResult !== undefined && prefillResult !== null) expectObject(prefillResult, 'prefill_result', PPR);
-  const legacyParams = child(root, 'disaggregated_params');
-  const prefilledRemotely = (prefillResult !== undefined && prefillResult !== null) || (legacyParams !== undefined && legacyParams !== null);
 
   const out: PreprocessedRequest = {
     tokenIds,
@@ -323,7 +321,6 @@ export function parsePreprocessedRequest(bodyJson: string | Uint8Array): Preproc
     backendInstanceId,
     annotations,
     bootstrapInfo,
-    prefilledRemotely,
     raw,
   };
   if (model !== undefined) out.model = model;

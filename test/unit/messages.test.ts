@@ -166,7 +166,6 @@ describe('parsePreprocessedRequest', () => {
       backendInstanceId: null,
       annotations: [],
       bootstrapInfo: null,
-      prefilledRemotely: false,
       raw: { token_ids: [5], stop_conditions: {} },
     });
     expect('model' in r).toBe(false);
@@ -377,14 +376,13 @@ describe('disaggregation fields', () => {
     const text = body({}).slice(0, -1) + ',"bootstrap_info":{"bootstrap_host":"10.0.0.1","bootstrap_port":7001,"bootstrap_room":18446744073709551615,"handoff_id":"0F8E3C2A-1111-4222-8333-944445555666"}}';
     const r = parsePreprocessedRequest(text);
     expect(r.bootstrapInfo).toEqual({ host: '10.0.0.1', port: 7001, room: 18446744073709551615n, handoffId: '0f8e3c2a-1111-4222-8333-944445555666' });
-    expect(r.prefilledRemotely).toBe(false);
     expect(parsePreprocessedRequest(body({ bootstrap_info: { bootstrap_host: 'h', bootstrap_port: 1, bootstrap_room: 3 } })).bootstrapInfo?.handoffId).toBeNull();
   });
 
-  it('marks a request prefilled elsewhere: prefill_result (1.x) or top-level disaggregated_params (0.6.1)', () => {
-    expect(parsePreprocessedRequest(body({ prefill_result: { disaggregated_params: 'dummy' } })).prefilledRemotely).toBe(true);
-    expect(parsePreprocessedRequest(body({ disaggregated_params: 'dummy' })).prefilledRemotely).toBe(true);
-    expect(parsePreprocessedRequest(body({ prefill_result: null })).prefilledRemotely).toBe(false);
+  it('accepts a decode request prefilled elsewhere: prefill_result (1.x) or top-level disaggregated_params (0.6.1)', () => {
+    expect(parsePreprocessedRequest(body({ prefill_result: { disaggregated_params: 'dummy' } })).tokenIds).toEqual([1, 2]);
+    expect(parsePreprocessedRequest(body({ disaggregated_params: 'dummy' })).tokenIds).toEqual([1, 2]);
+    expect(parsePreprocessedRequest(body({ prefill_result: null })).tokenIds).toEqual([1, 2]);
   });
 
   it.each([
