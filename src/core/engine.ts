@@ -57,7 +57,7 @@ export class Engine {
     readonly model: ModelLimits,
   ) {
     this.ranks = [];
-    for (let r = 0; r < setup.dataParallelSize; r++) this.ranks.push(new Scheduler(setup, timing, hasher, r));
+    for (let r = 0; r < setup.dataParallelSize; r++) this.ranks.push(new Scheduler(setup, timing, hasher, r, setup.seed));
   }
 
   /** The context limit requests are held to. */

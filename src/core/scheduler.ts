@@ -3,13 +3,15 @@ import { Deque } from './deque.js';
 import { idleForwardPass, type ForwardPassSnapshot } from './forward-pass.js';
 import type { Xxh3 } from './hash.js';
 import { BlockPool } from './kv/block-pool.js';
+import { mixSeed } from './random.js';
 import { Sequence, type SequenceInput } from './sequence.js';
+import { JITTER_SEED_SALT, PassJitter } from './timing/jitter.js';
 import type { TimingModel } from './timing/timing-model.js';
 import type { EngineConfig, KvEvent } from './types.js';
 
 export interface PassResult {
   startMs: number;
-  /** When the pass's tokens become visible: start + scaled prefill + scaled decode. */
+  /** When the pass's tokens become visible: start + (scaled prefill + scaled decode) × jitter factor (1 without jitter). */
   endMs: number;
   /** Unscaled model durations. */
   prefillMs: number;
@@ -73,14 +75,19 @@ export class Scheduler {
   private prefixHitTokens = 0;
   private readonly totalKvTokens: number;
   private readonly hasher: Xxh3 | null;
+  /** Pass-duration factors (--latency-jitter), one draw per pass with work while jitter is on. */
+  private readonly jitter: PassJitter;
 
   constructor(
     readonly config: EngineConfig,
     private readonly timing: TimingModel,
     hasher: Xxh3,
     readonly dpRank = 0,
+    /** The engine seed (--seed); with the DP rank it seeds the latency-jitter stream. */
+    seed = 0,
   ) {
     this.pool = new BlockPool(config.numGpuBlocks, config.enablePrefixCaching, dpRank);
+    this.jitter = new PassJitter(mixSeed(seed, JITTER_SEED_SALT + dpRank));
     this.totalKvTokens = config.numGpuBlocks * config.blockSize;
     // Without prefix caching nothing is shared, so block contents never need hashing.
     this.hasher = config.enablePrefixCaching ? hasher : null;
@@ -378,7 +385,15 @@ export class Scheduler {
           })
         : 0;
     const speedup = this.config.speedupRatio;
-    const endMs = nowMs + scale(prefillMs, speedup) + scale(decodeMs, speedup * this.config.decodeSpeedupRatio);
+    const scaledPrefillMs = scale(prefillMs, speedup);
+    const scaledDecodeMs = scale(decodeMs, speedup * this.config.decodeSpeedupRatio);
+    // --latency-jitter is read at every pass (the config may change at run time). Without it nothing
+    // is drawn and the end is the plain sum, exactly as it was before jitter existed.
+    const jitterCv = this.config.latencyJitter ?? 0;
+    const endMs =
+      jitterCv !== 0 && (scheduledTokens > 0 || decodeRequests > 0)
+        ? nowMs + (scaledPrefillMs + scaledDecodeMs) * this.jitter.factor(jitterCv)
+        : nowMs + scaledPrefillMs + scaledDecodeMs;
     if (fp) fp.wallTimeS = (endMs - nowMs) / 1000;
 
     return {

@@ -21,6 +21,12 @@ export interface EngineConfig {
   speedupRatio: number;
   /** Extra divisor for decode time only. */
   decodeSpeedupRatio: number;
+  /**
+   * Coefficient of variation of a seeded random factor (mean 1, clamped to [0.3, 1.7]) that
+   * multiplies every pass's duration; 0 or absent = deterministic. Read at every pass, so it may
+   * change at run time.
+   */
+  latencyJitter?: number;
   /** Caps prompt + output tokens; null means the model's context length decides. */
   maxModelLen: number | null;
   /**
