@@ -35,6 +35,7 @@ function addEngineOptions(cmd: Command): Command {
     .addOption(new Option('--preemption-mode <mode>', `victim under KV pressure: newest (lifo) or oldest (fifo)${d(ENGINE_DEFAULTS.preemptionMode)}`).choices(['lifo', 'fifo']))
     .option('--speedup-ratio <x>', `divide simulated durations by x; 0 or inf = no delays${d(ENGINE_DEFAULTS.speedupRatio)}`)
     .option('--decode-speedup-ratio <x>', `extra divisor for decode time${d(ENGINE_DEFAULTS.decodeSpeedupRatio)}`)
+    .option('--latency-jitter <cv>', `multiply each pass time by a seeded random factor (mean 1, this coefficient of variation, clamped to [0.3, 1.7]); 0-1, 0 = deterministic${d(ENGINE_DEFAULTS.latencyJitter)}`)
     .option('--data-parallel-size <n>', `independent scheduler+KV instances${d(ENGINE_DEFAULTS.dataParallelSize)}`)
     .option('--planner-profile-data <file.npz>', 'NPZ perf grid for interpolated timing (default: polynomial model)')
     .option('--extra-engine-args <file.json>', "JSON file with Dynamo's MockEngineArgs keys; overrides the flags")

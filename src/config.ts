@@ -27,6 +27,8 @@ export const ENGINE_DEFAULTS = {
   preemptionMode: 'lifo' as PreemptionMode,
   speedupRatio: 1.0,
   decodeSpeedupRatio: 1.0,
+  /** --latency-jitter: coefficient of variation of the per-pass duration factor; 0 = deterministic. */
+  latencyJitter: 0,
   dataParallelSize: 1,
   maxModelLen: null as number | null,
   seed: 0,
@@ -248,6 +250,7 @@ const EXTRA_ENGINE_ARG_KEYS: Record<string, string> = {
   watermark: 'watermark',
   speedup_ratio: 'speedupRatio',
   decode_speedup_ratio: 'decodeSpeedupRatio',
+  latency_jitter: 'latencyJitter',
   dp_size: 'dataParallelSize',
   data_parallel_size: 'dataParallelSize',
   startup_time: 'startupTime',
@@ -272,6 +275,7 @@ const FLAG_OF: Record<string, string> = {
   preemptionMode: '--preemption-mode',
   speedupRatio: '--speedup-ratio',
   decodeSpeedupRatio: '--decode-speedup-ratio',
+  latencyJitter: '--latency-jitter',
   dataParallelSize: '--data-parallel-size',
   startupTime: '--startup-time',
   plannerProfileData: '--planner-profile-data',
@@ -474,6 +478,7 @@ export function parseEngineSettings(rawFlags: RawOptions, argv: readonly string[
     return n === 0 ? Infinity : n;
   }, ENGINE_DEFAULTS.speedupRatio);
   const decodeSpeedupRatio = pick('decodeSpeedupRatio', (f, v) => parseNumber(f, v, { exclusiveMin: 0, allowInf: true }), ENGINE_DEFAULTS.decodeSpeedupRatio);
+  const latencyJitter = pick<number>('latencyJitter', (f, v) => parseNumber(f, v, { min: 0, max: 1 }), ENGINE_DEFAULTS.latencyJitter);
   const watermark = pick('watermark', (f, v) => parseNumber(f, v, { min: 0, max: 0.99 }), ENGINE_DEFAULTS.watermark);
   const dataParallelSize = pick('dataParallelSize', (f, v) => parseInteger(f, v, 1, 1024), ENGINE_DEFAULTS.dataParallelSize);
   const maxModelLen = pick<number | null>('maxModelLen', (f, v) => parseInteger(f, v, 1), ENGINE_DEFAULTS.maxModelLen);
@@ -497,6 +502,7 @@ export function parseEngineSettings(rawFlags: RawOptions, argv: readonly string[
     preemptionMode,
     speedupRatio,
     decodeSpeedupRatio,
+    latencyJitter,
     maxModelLen,
     dataParallelSize,
     plannerProfileData,
