@@ -1,7 +1,8 @@
 // The worker's system status server: /metrics, /health and /live, as Dynamo's runtime serves them
 // (system_status_server.rs): health and live share one handler, everything else is 404. Settings
-// come from the environment through config.ts (systemServerSettings).
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+// come from the environment through config.ts (systemServerSettings). Handlers add routes with any
+// method and a request body (the runtime control API under /mocker/).
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
@@ -18,6 +19,73 @@ export interface StatusServerOptions {
   startedAt: number;
   /** More GET routes (the 1.x metadata routes): a response for a path, or undefined if not theirs. */
   routes?: (path: string) => StaticResponse | undefined;
+  /**
+   * Routes with any method and a body, asked in order after the built-in and static routes: each
+   * returns its response for a request, or undefined if the path is not its.
+   */
+  handlers?: readonly RouteHandler[];
+}
+
+/** One request as a handler sees it. */
+export interface RouteRequest {
+  method: string;
+  /** The path without the query string. */
+  path: string;
+  headers: IncomingHttpHeaders;
+  /** Reads the whole body; rejects with BodyTooLargeError past `maxBytes` (the rest is drained unread). */
+  body(maxBytes: number): Promise<Buffer>;
+}
+
+export interface RouteResponse extends StaticResponse {
+  headers?: Record<string, string>;
+}
+
+/** A route taking any method and a body: its response, or undefined if the request is not its. */
+export type RouteHandler = (req: RouteRequest) => RouteResponse | Promise<RouteResponse> | undefined;
+
+export class BodyTooLargeError extends Error {
+  constructor(readonly maxBytes: number) {
+    super(`request body larger than ${maxBytes} bytes`);
+    this.name = 'BodyTooLargeError';
+  }
+}
+
+/** How much of an oversized body is read and dropped (so the client sees the answer) before the socket is cut. */
+const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
+
+/** The body of `req`, at most `maxBytes`; past it, the rest is drained in the background and the promise rejects. */
+function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let drained = 0;
+    let tooLarge = false;
+    const overflow = () => {
+      tooLarge = true;
+      chunks.length = 0;
+      reject(new BodyTooLargeError(maxBytes));
+    };
+    req.on('data', (chunk: Buffer) => {
+      if (tooLarge) {
+        // Reading the rest lets the client finish sending and read the answer; a sender that never
+        // stops is cut off.
+        drained += chunk.length;
+        if (drained > DRAIN_LIMIT_BYTES) req.destroy();
+        return;
+      }
+      size += chunk.length;
+      if (size > maxBytes) overflow();
+      else chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (!tooLarge) resolve(Buffer.concat(chunks));
+    });
+    req.on('error', (err) => {
+      if (!tooLarge) reject(err);
+    });
+    if (Number.isFinite(declared) && declared > maxBytes) overflow();
+  });
 }
 
 export interface StaticResponse {
@@ -62,7 +130,25 @@ export async function startStatusServer(opts: StatusServerOptions): Promise<Stat
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const extra = opts.routes?.(path);
-    const known = path === healthPath || path === livePath || path === '/metrics' || extra !== undefined;
+    const builtIn = path === healthPath || path === livePath || path === '/metrics';
+    if (!builtIn && extra === undefined && opts.handlers?.length) {
+      const routeRequest: RouteRequest = { method: req.method ?? 'GET', path, headers: req.headers, body: (maxBytes) => readBody(req, maxBytes) };
+      for (const handler of opts.handlers) {
+        let answer: ReturnType<RouteHandler>;
+        try {
+          answer = handler(routeRequest);
+        } catch {
+          answer = Promise.reject(new Error('handler failed'));
+        }
+        if (answer === undefined) continue;
+        Promise.resolve(answer).then(
+          (r) => send(req, res, r.status, r.type, r.body, r.headers),
+          () => send(req, res, 500, TEXT, 'Internal error'),
+        );
+        return;
+      }
+    }
+    const known = builtIn || extra !== undefined;
     if (!known) {
       send(req, res, 404, TEXT, 'Route not found');
       return;

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { ConnectionError } from '../adapters/connection-error.js';
 import type { EndpointId, SystemServerSettings } from '../config.js';
 import type { Engine } from '../core/engine.js';
+import { controlRoutes, type MockerControl } from './control-api.js';
 import { EngineMetrics } from './engine-metrics.js';
 import type { HealthState } from './health.js';
 import type { RequestMetrics, RequestObserver } from './request-metrics.js';
@@ -34,6 +35,8 @@ export interface WorkerMetricsOptions {
   vllmWorkerLabel: boolean;
   /** Whether the vLLM-named series exist at all (not on a 1.4 prefill worker). */
   vllmSeries: boolean;
+  /** The runtime control API under /mocker/ (--enable-control-api); `token` null = no auth. */
+  control?: { control: MockerControl; token: string | null };
   log: Logger;
 }
 
@@ -65,10 +68,12 @@ export async function startWorkerMetrics(o: WorkerMetricsOptions): Promise<{
     health: () => o.health.status(),
     startedAt: o.startedAt,
     routes: o.metadataRoutes ? routes : undefined,
+    handlers: o.control ? [controlRoutes(o.control.control, { token: o.control.token, log: (line) => o.log.info(line) })] : undefined,
   }).catch((err: NodeJS.ErrnoException) => {
     throw new ConnectionError(`cannot serve the system status server on ${system.host}:${system.port} (DYN_SYSTEM_HOST/DYN_SYSTEM_PORT): ${err.code ?? err.message}`);
   });
   o.log.info(`system status server listening on ${server.address.host}:${server.address.port}`);
+  if (o.control) o.log.info(`control API on /mocker/ (${o.control.token === null ? 'no token' : 'bearer token required'})`);
   const { namespace, component, endpoint } = o.endpoint;
   return {
     server,
