@@ -94,7 +94,10 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     )
     .option('--is-prefill-worker', 'deprecated: --disaggregation-mode prefill')
     .option('--is-decode-worker', 'deprecated: --disaggregation-mode decode')
-    .option('--bootstrap-ports <ports>', "prefill workers: the bootstrap (handoff) server's port, one per worker (default: none, no bootstrap sessions)");
+    .option('--bootstrap-ports <ports>', "prefill workers: the bootstrap (handoff) server's port, one per worker (default: none, no bootstrap sessions)")
+    .option('--faults <file.json>', 'fault plan: scripted, seeded faults per request (refuse, error, cut, stall, slow, no_stream, crash, deregister, kv_events, load_metrics) (default: none)')
+    .option('--enable-control-api', 'serve the runtime control API under /mocker/ on the system status server (DYN_MOCKER_CONTROL_TOKEN: bearer token) (default: off)')
+    .option('--migration-limit <n>', `migration_limit in the card: how often a frontend may move a broken stream to another worker${d(WORKER_DEFAULTS.migrationLimit)}`);
   addEngineOptions(program);
   addKvTransferOptions(program);
   program.action(async (opts: RawOptions) => {

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { KV_TRANSFER_DEFAULTS, type KvTransferSettings, type KvTransferTimingMode } from './core/kv-transfer.js';
 import type { EngineConfig, PreemptionMode, WorkerType } from './core/types.js';
+import { FaultPlanError, parseFaultPlan, type FaultPlan } from './faults/fault-plan.js';
 
 /** Raised for any bad flag, environment variable or file; the CLI prints it and exits with code 2. */
 export class ConfigError extends Error {
@@ -39,6 +40,8 @@ export const WORKER_DEFAULTS = {
   startupTimeS: 0,
   modelName: null as string | null,
   dynamoVersion: '0.6.1' as DynamoVersion,
+  /** migration_limit in the card: 0, as Dynamo's mocker writes it. */
+  migrationLimit: 0,
   namespace: 'dynamo',
   discoveryBackend: 'etcd' as DiscoveryBackend,
   /** DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT, seconds. */
@@ -184,6 +187,12 @@ export interface DiscoverySettings {
 export interface WorkerConfig {
   engine: EngineSettings;
   disagg: DisaggSettings;
+  /** --faults: the fault plan to start with (null: none; the control API may set one later). */
+  faults: FaultPlan | null;
+  /** --enable-control-api, and DYN_MOCKER_CONTROL_TOKEN (null: no auth). */
+  controlApi: { enabled: boolean; token: string | null };
+  /** --migration-limit: written into the card, so a frontend migrates a cut stream that often. */
+  migrationLimit: number;
   modelPath: string;
   modelName: string;
   endpoint: EndpointId;
@@ -699,6 +708,24 @@ export function levelFromDynLog(value: string | undefined): string {
 }
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
+/** --faults FILE: a JSON fault plan; any fault in it exits 2 naming the field. */
+function readFaultPlan(path: string): FaultPlan {
+  const flag = '--faults';
+  readableFile(flag, path);
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(flag, `'${path}' is not valid JSON: ${(err as Error).message}`);
+  }
+  try {
+    return parseFaultPlan(value);
+  } catch (err) {
+    if (err instanceof FaultPlanError) throw new ConfigError(flag, `${path}: ${err.message}`);
+    throw err;
+  }
+}
+
 export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env: Env): WorkerConfig {
   const { startupTimeS, ...engine } = parseEngineSettings(raw, argv);
   if (raw.modelPath === undefined || asString('--model-path', raw.modelPath) === '') {
@@ -738,9 +765,16 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   if (zmqKvEventsPorts && disagg.workerType === 'decode') throw new ConfigError('--zmq-kv-events-ports', 'decode workers publish no KV events');
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
+  const controlApi = { enabled: raw.enableControlApi === true, token: nonEmpty(env.DYN_MOCKER_CONTROL_TOKEN) ?? null };
+  if (controlApi.enabled && !system.enabled) {
+    throw new ConfigError('--enable-control-api', 'needs the system status server it is served on (set DYN_SYSTEM_PORT)');
+  }
   return {
     engine,
     disagg,
+    faults: raw.faults === undefined ? null : readFaultPlan(asString('--faults', raw.faults)),
+    controlApi,
+    migrationLimit: raw.migrationLimit === undefined ? WORKER_DEFAULTS.migrationLimit : parseInteger('--migration-limit', raw.migrationLimit, 0, 0xffff_ffff),
     modelPath,
     modelName,
     endpoint,

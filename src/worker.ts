@@ -16,7 +16,9 @@ import { Engine, contextLimit, type ModelLimits } from './core/engine.js';
 import { resolveKvTransfer, type KvTransferSettings } from './core/kv-transfer.js';
 import type { Transport } from './dynamo/discovery-records.js';
 import { generationOf, type Generation } from './dynamo/generation.js';
-import { registerWorker, type Discovery, type DiscoverySession } from './dynamo/registration.js';
+import { registerWorkerRecords, type Discovery, type DiscoverySession } from './dynamo/registration.js';
+import { EMPTY_FAULT_PLAN } from './faults/fault-plan.js';
+import type { WorkerControl } from './faults/worker-control.js';
 import type { CardFile } from './dynamo/model-card.js';
 import { kvEventStreamName, kvMetricsSubject, leaseHex, requestSubject, serviceName, slugify, tcpRoutingKey } from './dynamo/names.js';
 import { EngineLoop, combineHooks } from './engine/engine-loop.js';
@@ -39,6 +41,8 @@ export interface WorkersIo {
   log: Logger;
   /** Aborting it during start-up stops what has started and makes startWorkers reject with StartAborted. */
   abort?: AbortSignal;
+  /** Ends the process at once (a fault plan's `crash`); default process.exit. */
+  exit?: (code: number) => void;
 }
 
 /** startWorkers gave up because it was asked to stop before it had finished starting. */
@@ -84,6 +88,10 @@ interface Shell {
   /** 1.x: the process's event-plane transport, made when the first worker's publishers start. */
   eventTransport: () => Promise<EventTransport>;
   onLost: (reason: string) => void;
+  /** The control API's view of the workers (--enable-control-api), or null. */
+  control: WorkerControl | null;
+  exit: (code: number) => void;
+  countFault: (kind: string) => void;
 }
 
 /** `make` runs once, on the first call. */
@@ -179,8 +187,10 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
 
     // 3. Metrics and the system status server (only when DYN_SYSTEM_PORT asks for it).
     const engineContextLength = contextLimit(config.engine.maxModelLen, info.contextLength);
+    const control = config.controlApi.enabled ? new (await import('./faults/worker-control.js')).WorkerControl((line) => log.info(line)) : null;
     const metrics = config.system.enabled
       ? await (await import('./metrics/worker-metrics.js')).startWorkerMetrics({
+          control: control ? { control, token: config.controlApi.token } : undefined,
           system: config.system,
           endpoint: config.endpoint,
           model: config.modelName,
@@ -225,6 +235,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
         dataParallelSize: config.engine.dataParallelSize,
       },
       workerType: config.disagg.workerType,
+      migrationLimit: config.migrationLimit,
       bootstrap: bootstrapPort === null ? null : { host: bootstrapHost, port: bootstrapPort },
     });
 
@@ -282,6 +293,9 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       onLost: (reason) => {
         void stop(`registration lost (${reason})`, true);
       },
+      control,
+      exit: io.exit ?? ((code) => process.exit(code)),
+      countFault: (kind) => metrics?.countFault(kind),
     };
 
     if (config.startupTimeS > 0) {
@@ -325,6 +339,26 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
   const engine = new Engine(config.engine, shell.timing, shell.xxh, shell.model);
   const queues = engine.ranks.map(() => new PQueue({ concurrency: config.engine.maxNumSeqs }));
   const metrics = shell.metricsFor(hex, engine, queues);
+  // The fault plan (when one is given or may be set at run time). Records withdrawn by `deregister`
+  // are the ones registration wrote, restored in the same order.
+  let records: Array<[string, string]> = [];
+  const faults =
+    config.faults || shell.control
+      ? new (await import('./faults/worker-faults.js')).WorkerFaults({
+          plan: config.faults ?? EMPTY_FAULT_PLAN,
+          log,
+          exit: shell.exit,
+          withdraw: async () => {
+            for (const [key] of [...records].reverse()) await session.remove(key);
+          },
+          restore: async () => {
+            for (const [key, value] of records) await session.create(key, value);
+          },
+          counted: (kind) => shell.countFault(kind),
+        })
+      : null;
+  // Per-request KV-event faults need to know whose blocks each stored event reports.
+  if (faults) for (const rank of engine.ranks) rank.pool.tagEventOwners = true;
   // Event outputs: 0.6.x JetStream events, or 1.x's event plane (its publishers start after
   // registration, queuing what comes before), and vLLM's own KV-event stream when asked for.
   const jetstream =
@@ -338,6 +372,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
           queues,
           totalSlots: config.engine.maxNumSeqs,
           log,
+          faults: faults ?? undefined,
         })
       : null;
   const vllm = config.zmqKvEventsPorts
@@ -361,6 +396,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
           kvEvents: config.kvEvents,
           admissionQueue: (rank) => admissionQueue(rank),
           log,
+          faults: faults ?? undefined,
         })
       : null;
   const loop = new EngineLoop(engine, new RealClock(), combineHooks(jetstream, vllm?.hooks, planeEvents?.hooks));
@@ -406,8 +442,10 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     now: () => performance.now(),
     observe: metrics.observe,
     disagg: disaggServing,
+    faults: faults ?? undefined,
   });
   admissionQueue = (rank) => server.admissionQueue(rank);
+  const uncontrol = faults && shell.control ? shell.control.add({ engine, queues, faults, counts: server.counts, resetCounts: () => server.resetCounts() }) : null;
 
   let stopPlane = async (): Promise<void> => {};
   let stopping: Promise<void> | null = null;
@@ -417,6 +455,8 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
       // 1. Stop taking requests; 2. let in-flight ones finish, up to the grace period;
       // 3. deregister (revoking the lease deletes both records at once).
       await stopPlane();
+      faults?.stop();
+      uncontrol?.();
       await server.drain(config.gracefulShutdownMs);
       rendezvous?.close();
       await bootstrap?.close();
@@ -428,7 +468,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     })());
 
   try {
-    const transport = await registerWorker({
+    const registered = await registerWorkerRecords({
       session,
       generation,
       endpoint: ep,
@@ -458,6 +498,8 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
         return { nats_tcp: generation.natsTransport(ep, id) };
       },
     });
+    records = registered.records;
+    const { transport } = registered;
     shell.health.setEndpoint(ep.endpoint, 'ready', hex);
     log.info({ transport }, 'worker registered and serving');
     await planeEvents?.start();

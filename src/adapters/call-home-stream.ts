@@ -111,6 +111,10 @@ export class CallHomeStream implements ResponseSink {
     this.close(this.sentinelAfterStop);
   }
 
+  cut(): void {
+    this.close(false);
+  }
+
   private close(sentinel: boolean): void {
     if (this.finished) return;
     if (sentinel) this.write(SENTINEL_HEADER, '');

@@ -62,6 +62,15 @@ export class FileDiscovery implements Discovery {
         }
         return outcome;
       },
+      remove: async (key) => {
+        const { path } = this.pathOf(key);
+        for (const record of mine) {
+          if (record.path !== path) continue;
+          mine.delete(record);
+          this.owned.delete(record);
+          await unlink(path).catch(() => {});
+        }
+      },
       close: async () => {
         for (const record of mine) {
           this.owned.delete(record);

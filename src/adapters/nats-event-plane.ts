@@ -2,6 +2,7 @@
 import type { JetStreamClient, NatsConnection } from 'nats';
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import type { PublisherFaults } from '../faults/worker-faults.js';
 import type { Engine } from '../core/engine.js';
 import type { PassResult } from '../core/scheduler.js';
 import type { KvEvent } from '../core/types.js';
@@ -74,6 +75,8 @@ export interface JetStreamEventOptions {
   /** --max-num-seqs, reported as request_total_slots. */
   totalSlots: number;
   log: Logger;
+  /** A fault plan's load and KV-event faults (`gap` has no meaning for 0.6.x event ids and is ignored). */
+  faults?: PublisherFaults;
 }
 
 /** One worker's 0.6.x events as engine-loop hooks: KV events at each pass start, load on every change. */
@@ -96,10 +99,12 @@ export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks &
       };
     },
     same: (a, b) => a.activeBlocks === b.activeBlocks && a.waiting === b.waiting,
-    publish: (_rank, value) => {
-      if (!o.nats.isClosed()) o.nats.publish(o.loadSubject, encoder.encode(loadEventJson(o.workerId, value)));
+    publish: (rank, current) => {
+      const value = o.faults ? o.faults.load.pass(rank, current) : current;
+      if (value !== undefined && !o.nats.isClosed()) o.nats.publish(o.loadSubject, encoder.encode(loadEventJson(o.workerId, value)));
     },
   });
+  o.faults?.load.onResume(() => o.engine.ranks.forEach((_, rank) => load.publishNow(rank)));
   o.queues.forEach((queue, rank) => {
     queue.on('add', () => load.changed(rank));
     queue.on('next', () => load.changed(rank));
@@ -107,7 +112,13 @@ export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks &
   });
   return {
     onPassStart: (rank: number, result: PassResult) => {
-      if (kv && result.kvEvents.length) kv.publish(result.kvEvents);
+      if (kv && result.kvEvents.length) {
+        const faults = o.faults?.kv;
+        if (faults?.active) {
+          const { now } = faults.apply(rank, result.kvEvents, (ms, later) => setTimeout(() => kv.publish(later), ms).unref());
+          if (now.length) kv.publish(now);
+        } else kv.publish(result.kvEvents);
+      }
       load.changed(rank);
     },
     onPassEnd: (rank: number) => load.changed(rank),

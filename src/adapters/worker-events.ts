@@ -12,6 +12,7 @@ import type { EngineLoopHooks } from '../engine/engine-loop.js';
 import type { EventSink, EventTransport } from './event-plane.js';
 import { RankDebounce } from './rank-debounce.js';
 import type { QueuedWork } from '../serving/request-server.js';
+import type { PublisherFaults } from '../faults/worker-faults.js';
 
 /** Dynamo's IDLE_HEARTBEAT_INTERVAL: an idle rank reports an all-zero pass this often. */
 export const FPM_HEARTBEAT_MS = 1000;
@@ -52,6 +53,8 @@ export interface WorkerEventsOptions {
   /** Prompt lengths of the requests waiting for an admission slot on a rank (queued prefill work). */
   admissionQueue: (rank: number) => Iterable<QueuedWork>;
   log: Logger;
+  /** A fault plan's load and KV-event faults. */
+  faults?: PublisherFaults;
 }
 
 export class WorkerEvents {
@@ -80,7 +83,14 @@ export class WorkerEvents {
       ranks,
       read: (rank) => o.engine.ranks[rank].pool.activeBlocks,
       same: (a, b) => a === b,
-      publish: (rank, used) => this.load!.publish(this.wire!.packActiveLoad(o.session.instanceId, rank, used)),
+      publish: (rank, value) => {
+        const used = o.faults ? o.faults.load.pass(rank, value) : value;
+        if (used !== undefined) this.load!.publish(this.wire!.packActiveLoad(o.session.instanceId, rank, used));
+      },
+    });
+    o.faults?.load.onResume(() => {
+      if (!this.ready || this.stopped) return;
+      for (let rank = 0; rank < ranks; rank++) this.loads.publishNow(rank);
     });
     for (const rank of o.engine.ranks) rank.collectForwardPass = true;
     this.hooks = {
@@ -135,7 +145,17 @@ export class WorkerEvents {
     await Promise.all([...this.kv, this.load, this.fpm].map((p) => p?.sink.close()));
   }
 
-  private kvEventsOf(rank: number, events: KvEvent[]): void {
+  /** `faulted` false: events a `delay` fault held back, published as they are. */
+  private kvEventsOf(rank: number, events: KvEvent[], faulted = true): void {
+    const faults = this.o.faults?.kv;
+    if (faulted && faults?.active) {
+      const { now, skip } = faults.apply(rank, events, (ms, later) => {
+        setTimeout(() => !this.stopped && this.kvEventsOf(rank, later, false), ms).unref();
+      });
+      this.batchers[rank].skip(skip);
+      events = now;
+      if (events.length === 0) return;
+    }
     if (this.ready) this.publishKv(rank, events);
     else this.pendingKv[rank].push(...events);
   }

@@ -54,4 +54,6 @@ export interface KvEvent {
   eventId: number;
   dpRank: number;
   data: KvEventData;
+  /** The key of the sequence whose blocks a stored event reports (only when the pool tags owners). */
+  owner?: number;
 }

@@ -20,6 +20,8 @@ export interface CardInput {
   /** Whether the worker publishes KV events (prefix caching on). */
   kvEvents: boolean;
   workerType: WorkerType;
+  /** How often a frontend may migrate a broken stream to another worker (`migration_limit`). */
+  migrationLimit: number;
   /** A prefill worker's bootstrap server (1.4 cards advertise it). */
   bootstrap: { host: string; port: number } | null;
 }
@@ -65,6 +67,7 @@ function legacy(version: '0.6.0' | '0.6.1'): Generation {
         blockSize: c.blockSize,
         runtime: c.runtime,
         workerType: c.workerType,
+        migrationLimit: c.migrationLimit,
       }),
     // 0.6.x stores the bare card under v1/mdc.
     modelRecord: (_ep, _id, cardJson) => cardJson,
@@ -94,6 +97,7 @@ function v14(deviceType: 'cpu' | 'cuda'): Generation {
         architecturalContextLength: c.modelContextLength > 0 ? c.modelContextLength : null,
         runtimeContextLength: c.engineContextLength,
         blockSize: c.blockSize,
+        migrationLimit: c.migrationLimit,
         runtime: c.runtime,
         // No KV recovery endpoint is served, so routers must not count on one.
         enableLocalIndexer: false,

@@ -28,6 +28,11 @@ export class KvEventBatcher {
     return this.nextId;
   }
 
+  /** Leaves `n` event ids unused (a fault plan's `gap`: the router sees lost events and clears the rank). */
+  skip(n: number): void {
+    this.nextId += BigInt(n);
+  }
+
   /** One pass's pool events → the envelopes to publish, each a list of numbered RouterEvents. */
   batch(events: readonly KvEvent[]): RouterEventOut[][] {
     const out: KvEventData[] = [];

@@ -11,6 +11,8 @@ export interface DiscoverySession {
   create(key: string, value: string): Promise<'created' | 'exists'>;
   /** Removes every record of this session (lease revoke, file delete). Never rejects. */
   close(): Promise<void>;
+  /** Removes one record of this session (it can be created again). */
+  remove(key: string): Promise<void>;
 }
 
 /** A discovery backend (etcd, file). */
@@ -36,13 +38,20 @@ export interface Registration {
  * once requests can be taken, since a frontend may connect the moment it sees it.
  */
 export async function registerWorker(r: Registration): Promise<Transport> {
+  return (await registerWorkerRecords(r)).transport;
+}
+
+/** registerWorker, also returning the records written, in order (to withdraw and restore them). */
+export async function registerWorkerRecords(r: Registration): Promise<{ transport: Transport; records: Array<[key: string, value: string]> }> {
   const { session, generation, endpoint: ep } = r;
   const id = session.instanceId;
-  await session.create(cardKey(ep, id), generation.modelRecord(ep, id, r.cardJson));
+  const model: [string, string] = [cardKey(ep, id), generation.modelRecord(ep, id, r.cardJson)];
+  await session.create(...model);
   const transport = await r.listen();
   const key = instanceKey(ep, id);
-  if ((await session.create(key, generation.endpointRecord(ep, id, transport))) === 'exists') {
+  const endpoint: [string, string] = [key, generation.endpointRecord(ep, id, transport)];
+  if ((await session.create(...endpoint)) === 'exists') {
     throw new Error(`instance key ${key} already exists`);
   }
-  return transport;
+  return { transport, records: [model, endpoint] };
 }

@@ -1,6 +1,7 @@
 // The worker's metrics and system status server: prom-client, Dynamo's and vLLM's families, and the routes.
 // Loaded only when DYN_SYSTEM_PORT asks for a server: without one, nothing could read the metrics.
 import type PQueue from 'p-queue';
+import { Counter } from 'prom-client';
 import type { Logger } from 'pino';
 import { ConnectionError } from '../adapters/connection-error.js';
 import type { EndpointId, SystemServerSettings } from '../config.js';
@@ -48,6 +49,8 @@ export async function startWorkerMetrics(o: WorkerMetricsOptions): Promise<{
   serveFiles(served: ReadonlyMap<string, Uint8Array>): void;
   /** Metrics of one worker; an empty `workerId` and no engine count requests that reached no worker. */
   forWorker(workerId: string, engine: Engine | null, queues: PQueue[]): WorkerMetrics;
+  /** Counts one fault of a fault plan (`dynamo_mocker_faults_injected_total{kind}`). */
+  countFault(kind: string): void;
 }> {
   const { registry } = createMetricsRegistry();
   const files = new Map<string, Uint8Array>();
@@ -75,8 +78,14 @@ export async function startWorkerMetrics(o: WorkerMetricsOptions): Promise<{
   o.log.info(`system status server listening on ${server.address.host}:${server.address.port}`);
   if (o.control) o.log.info(`control API on /mocker/ (${o.control.token === null ? 'no token' : 'bearer token required'})`);
   const { namespace, component, endpoint } = o.endpoint;
+  // Created with the first fault, so a worker without a fault plan exports no such series.
+  let faults: Counter<'kind'> | null = null;
   return {
     server,
+    countFault(kind) {
+      faults ??= new Counter({ name: 'dynamo_mocker_faults_injected_total', help: 'Faults injected by the fault plan, by kind', labelNames: ['kind'], registers: [registry] });
+      faults.inc({ kind });
+    },
     serveFiles(served) {
       for (const [path, bytes] of served) files.set(path, bytes);
     },

@@ -23,6 +23,7 @@ import {
 } from '../dynamo/messages.js';
 import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver, type RequestTracker, type WorkErrorType } from '../metrics/request-metrics.js';
 import type { OpenSink, ResponseSink } from './response-sink.js';
+import { deliveryTime, type FaultHit, type RequestFaults } from './request-faults.js';
 
 /** Disaggregated serving: the worker's role and what its KV handoffs need. */
 export interface DisaggServing {
@@ -47,6 +48,10 @@ export const realSleep = (ms: number, signal: AbortSignal): Promise<void> => sle
 export interface RequestServerOptions {
   /** Absent: an aggregated worker (handoff metadata on a request is refused). */
   disagg?: DisaggServing;
+  /** The worker's fault plan (absent: no faults). */
+  faults?: RequestFaults;
+  /** Waits for delayed deliveries (stalled or slowed requests); default real time. */
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
   loop: EngineLoop;
   /** One FIFO admission queue per DP rank, concurrency = --max-num-seqs. */
   queues: PQueue[];
@@ -62,6 +67,19 @@ export interface RequestServerOptions {
   /** Starts latency observation of a request that arrived at `arrivalMs` on `rank`. */
   observe?: (rank: number, arrivalMs: number) => RequestObserver;
 }
+
+/** What happened to the requests this server received (the control API's stats). */
+export interface RequestCounts {
+  received: number;
+  completed: number;
+  refused: number;
+  /** Ended with an error item (an engine refusal, a failed handoff, an `error` fault). */
+  failed: number;
+  cancelled: number;
+  cut: number;
+}
+
+const zeroCounts = (): RequestCounts => ({ received: 0, completed: 0, refused: 0, failed: 0, cancelled: 0, cut: 0 });
 
 /** A request waiting for an admission slot, as the forward-pass metrics count it. */
 export interface QueuedWork {
@@ -175,16 +193,30 @@ function identityRequestId(id: string): string {
 }
 
 export class RequestServer {
+  readonly counts: RequestCounts = zeroCounts();
   private readonly inflight = new Set<Promise<void>>();
   /** Bootstrap sessions held per DP rank. */
   private readonly sessions: number[];
   private readonly shutdown = new AbortController();
+  /** When the worker started serving (fault plans' `after_ms` / `before_ms`). */
+  private readonly startedAt: number;
   /** Accepted requests waiting for an admission slot, per DP rank. */
   private readonly waitingForSlot: Array<Set<ActiveRequest>>;
 
   constructor(private readonly o: RequestServerOptions) {
     this.waitingForSlot = o.queues.map(() => new Set());
     this.sessions = o.queues.map(() => 0);
+    this.startedAt = o.now();
+  }
+
+  /** Faults whose effect is on the worker, not the request's stream: they take effect at once. */
+  private worldFault(hit: FaultHit, requestId: string): void {
+    const faults = this.o.faults!;
+    const a = hit.action;
+    if (a.kind === 'deregister') faults.deregister(a.ms);
+    else if (a.kind === 'load_metrics') faults.loadMetrics(a.mode, a.ms);
+    else if (a.kind !== 'stall' && a.kind !== 'slow') return; // counted when they happen
+    faults.fired(hit, requestId);
   }
 
   /** Which handoff a request takes part in, or why it is refused (Dynamo's wording). */
@@ -209,6 +241,10 @@ export class RequestServer {
    */
   *admissionQueue(rank: number): Iterable<QueuedWork> {
     for (const r of this.waitingForSlot[rank]) yield r.queuedWork;
+  }
+
+  resetCounts(): void {
+    Object.assign(this.counts, zeroCounts());
   }
 
   /** Requests between their arrival and their last frame. */
@@ -250,10 +286,34 @@ export class RequestServer {
     const { o } = this;
     const arrivalMs = o.now();
     const tracker = o.metrics.begin(payload.length);
+    this.counts.received++;
     try {
       const decoded = decodeRequestFrame(payload, o.xxh, o.metrics, o.log);
       if (decoded === null) return;
       const { control } = decoded;
+      // The body is read before the stream opens: a fault may decide it never opens.
+      const refusal = fault ?? decoded.refusal;
+      let req: PreprocessedRequest | null = null;
+      let bodyError: string | null = null;
+      if (refusal === null) {
+        try {
+          req = parsePreprocessedRequest(decoded.body);
+        } catch (err) {
+          bodyError = `invalid request body: ${(err as Error).message}`;
+        }
+      }
+      const engine = o.loop.engine;
+      const rank = req ? engine.route(req.dpRank) : null;
+      const outputTokens = req && typeof rank === 'number' ? engine.check({ promptLength: req.tokenIds.length, maxTokens: req.maxTokens }, rank) : null;
+      // Only requests the worker would serve count for the plan (arrival order, per worker).
+      const hit =
+        req && typeof rank === 'number' && typeof outputTokens === 'number' && o.faults
+          ? o.faults.next({ dpRank: rank, promptTokens: req.tokenIds.length, sinceStartMs: arrivalMs - this.startedAt })
+          : null;
+      if (hit?.action.kind === 'no_stream') {
+        o.faults!.fired(hit, control.id);
+        return;
+      }
       let sink: ResponseSink;
       try {
         sink = await o.openSink(control.connectionInfo);
@@ -264,25 +324,22 @@ export class RequestServer {
       }
       /** `type` null: the error was already counted. */
       const refuse = (type: WorkErrorType | null, message: string): void => {
+        this.counts.refused++;
         if (type !== null) o.metrics.error(type);
         o.log.warn({ request_id: control.id }, `refusing request: ${message}`);
         sink.sendPrologue(message);
         sink.end();
       };
       // The transport's fault first, then what decoding found.
-      const refusal = fault ?? decoded.refusal;
       if (refusal !== null) return refuse(refusal.type, refusal.message);
-      let req: PreprocessedRequest;
-      try {
-        req = parsePreprocessedRequest(decoded.body);
-      } catch (err) {
-        return refuse('deserialization', `invalid request body: ${(err as Error).message}`);
+      if (req === null) return refuse('deserialization', bodyError!);
+      if (typeof rank !== 'number') return refuse('generate', rank!.reason);
+      if (typeof outputTokens !== 'number') return refuse('generate', outputTokens!.reason);
+      if (hit?.action.kind === 'refuse') {
+        o.faults!.fired(hit, control.id);
+        return refuse('generate', hit.action.message);
       }
-      const engine = o.loop.engine;
-      const rank = engine.route(req.dpRank);
-      if (typeof rank !== 'number') return refuse('generate', rank.reason);
-      const outputTokens = engine.check({ promptLength: req.tokenIds.length, maxTokens: req.maxTokens }, rank);
-      if (typeof outputTokens !== 'number') return refuse('generate', outputTokens.reason);
+      if (hit) this.worldFault(hit, control.id);
       const planned = this.handoffPlan(req, control.id, rank);
       if ('refusal' in planned) return refuse('generate', planned.refusal);
       let plan: HandoffPlan = planned.kind === 'session' ? { kind: 'prefill-session', identity: planned.identity } : planned;
@@ -311,6 +368,9 @@ export class RequestServer {
         shutdown: this.shutdown.signal,
         observer: o.observe?.(rank, arrivalMs),
         plan,
+        fault: hit && REQUEST_LEVEL.has(hit.action.kind) ? hit : null,
+        arrivalMs,
+        counts: this.counts,
       });
       try {
         await run.done;
@@ -322,6 +382,9 @@ export class RequestServer {
     }
   }
 }
+
+/** Faults that act on the request's own stream (the rest act on the worker). */
+const REQUEST_LEVEL = new Set(['error', 'cut', 'crash', 'stall', 'slow', 'kv_events']);
 
 /** What a request does besides streaming its tokens, by the worker's role and the request's handoff metadata. */
 type HandoffPlan =
@@ -347,6 +410,10 @@ interface ActiveRequestInit {
   shutdown: AbortSignal;
   observer: RequestObserver | undefined;
   plan: HandoffPlan;
+  /** The fault plan's verdict for this request, when it acts on its stream. */
+  fault: FaultHit | null;
+  arrivalMs: number;
+  counts: RequestCounts;
 }
 
 /** One accepted request: waits in its rank's admission queue, then streams the engine's tokens. */
@@ -363,6 +430,9 @@ class ActiveRequest {
   private settle!: () => void;
   /** The response stream has ended. */
   private readonly finished = new Promise<void>((resolve) => (this.settle = resolve));
+  /** Deliveries held back by a stall or slow fault, in order. */
+  private delivering: Promise<void> = Promise.resolve();
+  private kvFault: { release(): void } | null = null;
 
   constructor(private readonly a: ActiveRequestInit) {
     const { sink, shutdown } = a;
@@ -389,10 +459,12 @@ class ActiveRequest {
   private cancel(why: string, endStream: () => void): void {
     if (this.ended) return;
     this.ended = true;
+    this.kvFault?.release();
     this.a.waiting.delete(this);
     this.cancelled.abort();
     if (this.seq) this.a.server.loop.cancel(this.seq, this.a.rank);
     this.a.server.metrics.cancelled();
+    this.a.counts.cancelled++;
     this.a.server.log.debug({ request_id: this.a.requestId }, `request cancelled: ${why}`);
     endStream();
     this.settleEngine();
@@ -401,6 +473,7 @@ class ActiveRequest {
 
   private async run(): Promise<void> {
     const { plan } = this.a;
+    if (this.afterTokensFault(0)) return;
     if (plan.kind === 'prefill-session') await this.runSource(plan.identity);
     else if (plan.kind === 'decode-session') await this.runDestination(plan.channel);
     else {
@@ -444,10 +517,67 @@ class ActiveRequest {
     const submitted = this.a.server.loop.submit({ ...this.engineRequest(), holdOnFinish }, this.tokenSink());
     if (!submitted.ok) return this.fail(submitted.reason); // static checks passed before queueing: a late engine refusal
     this.seq = submitted.seq;
+    this.startKvFault();
+  }
+
+  /** A kv_events fault follows the request's engine sequence (its stored blocks) until the request ends. */
+  private startKvFault(): void {
+    const { fault, server, rank, requestId } = this.a;
+    if (fault?.action.kind !== 'kv_events' || !this.seq || this.kvFault) return;
+    this.kvFault = server.faults!.kvEvents(rank, this.seq.key, fault.action.mode, fault.action.ms);
+    server.faults!.fired(fault, requestId);
+  }
+
+  /**
+   * An error, cut or crash fault due once `generated` tokens are out: true when it took effect (the
+   * stream has ended, or the process is ending).
+   */
+  private afterTokensFault(generated: number): boolean {
+    const { fault, server, requestId } = this.a;
+    if (!fault || this.ended) return false;
+    const a = fault.action;
+    if ((a.kind !== 'error' && a.kind !== 'cut' && a.kind !== 'crash') || a.afterTokens !== generated) return false;
+    // A request that ends before the count is reached is never hit.
+    if (generated >= this.a.outputTokens && generated > 0) return false;
+    server.faults!.fired(fault, requestId);
+    if (a.kind === 'error') this.fail(a.message);
+    else if (a.kind === 'cut') this.cut();
+    else server.faults!.crash(a.exitCode);
+    return true;
+  }
+
+  /** What a crashed engine looks like to the frontend: the connection closes, no complete_final. */
+  private cut(): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.seq) this.a.server.loop.cancel(this.seq, this.a.rank);
+    this.kvFault?.release();
+    this.a.counts.cut++;
+    this.a.server.log.info({ request_id: this.a.requestId }, `stream cut after ${this.generated} tokens (fault plan)`);
+    this.a.sink.cut();
+    this.settleEngine();
+    this.settle();
   }
 
   private tokenSink(): TokenSink {
-    return { emit: (token, atMs, last) => this.emit(token, atMs, last) };
+    const { fault, arrivalMs, server } = this.a;
+    const action = fault?.action ?? null;
+    if (action?.kind !== 'stall' && action?.kind !== 'slow') return { emit: (token, atMs, last) => this.emit(token, atMs, last) };
+    // Stalled or slowed: each token reaches the frontend later than the engine made it, in order.
+    let number = 0;
+    const sleep = server.sleep ?? realSleep;
+    return {
+      emit: (token, atMs, last) => {
+        if (token !== null) number++;
+        const at = deliveryTime(action, arrivalMs, number, atMs);
+        if (last) this.settleEngine(); // the engine is done with it; only the delivery waits
+        this.delivering = this.delivering.then(async () => {
+          const wait = at - server.now();
+          if (wait > 0) await sleep(wait, this.cancelled.signal).catch(() => {});
+          this.emit(token, at, last);
+        });
+      },
+    };
   }
 
   private emit(token: number | null, atMs: number, last: boolean): void {
@@ -471,6 +601,7 @@ class ActiveRequest {
     });
     tracker.responseBytes(sink.sendItem(body));
     if (last) this.end();
+    else this.afterTokensFault(this.generated);
   }
 
   private usage(): { promptTokens: number; completionTokens: number; cachedTokens: number } {
@@ -478,8 +609,10 @@ class ActiveRequest {
   }
 
   /** The normal end: complete_final after the last item. */
-  private end(): void {
+  private end(completed = true): void {
     this.ended = true;
+    if (completed) this.a.counts.completed++;
+    this.kvFault?.release();
     this.a.tracker.responseBytes(this.a.sink.finish());
     this.settleEngine();
     this.settle();
@@ -500,9 +633,10 @@ class ActiveRequest {
     const { server, sink, tracker, requestId } = this.a;
     if (this.seq) server.loop.cancel(this.seq, this.a.rank);
     server.metrics.error('generate');
+    this.a.counts.failed++;
     server.log.warn({ request_id: requestId }, message);
     tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [], finishReason: { error: message } })));
-    this.end();
+    this.end(false);
   }
 
   /** A prefill without a session: its KV leaves for the decode worker, modelled as a real-time delay. */

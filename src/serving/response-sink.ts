@@ -14,6 +14,8 @@ export interface ResponseSink {
   end(): void;
   /** Ends after the frontend's stop or kill (whether a sentinel follows is the generation's rule). */
   endStopped(): void;
+  /** Closes the connection mid-stream, no complete_final and no sentinel: a crashed engine, as the frontend sees it. */
+  cut(): void;
   /** The frontend sent stop or kill. */
   onControl(listener: (msg: StopMessage) => void): void;
   /** The frontend went away before the stream ended. */

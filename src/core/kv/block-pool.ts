@@ -43,6 +43,8 @@ export interface PrefixProbe {
  * an uncommitted "slot" is a block still being filled (or any block when prefix caching is off).
  */
 export class BlockPool {
+  /** Stored events name the sequence whose blocks they report (`KvEvent.owner`), for per-request KV-event faults. */
+  tagEventOwners = false;
   private readonly cache = new Map<bigint, CachedBlock>();
   /** Inactive private runs of each owner (usually one), for the owner's own prefix hits. */
   private readonly inactiveRuns = new Map<number, CachedBlock[]>();
@@ -194,7 +196,7 @@ export class BlockPool {
       const existing = this.cache.get(hash);
       if (existing) {
         if (run) {
-          this.emit({ kind: 'stored', parentHash: runParent, blocks: run });
+          this.emit({ kind: 'stored', parentHash: runParent, blocks: run }, owner);
           run = null;
         }
         this.active--; // the slot is not needed: the content already exists
@@ -210,7 +212,7 @@ export class BlockPool {
       }
       run.push(tokens ? { blockHash: hash, tokensHash: block.tokensHash, tokens: tokens.blockTokens(i) } : { blockHash: hash, tokensHash: block.tokensHash });
     }
-    if (run) this.emit({ kind: 'stored', parentHash: runParent, blocks: run });
+    if (run) this.emit({ kind: 'stored', parentHash: runParent, blocks: run }, owner);
   }
 
   /** Drops one reference; at zero the block becomes inactive (most recently freed). */
@@ -305,8 +307,10 @@ export class BlockPool {
     block.prev = block.next = null;
   }
 
-  private emit(data: KvEvent['data']): void {
+  private emit(data: KvEvent['data'], owner?: number): void {
     if (!this.prefixCaching) return;
-    this.pending.push({ eventId: this.nextEventId++, dpRank: this.dpRank, data });
+    const event: KvEvent = { eventId: this.nextEventId++, dpRank: this.dpRank, data };
+    if (owner !== undefined && this.tagEventOwners) event.owner = owner;
+    this.pending.push(event);
   }
 }
