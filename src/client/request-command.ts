@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { ConnectionError } from '../adapters/connection-error.js';
 import { ConfigError, defaultEndpoint, parseEndpoint, parseInteger, type EndpointId, type RawOptions } from '../config.js';
-import type { DynamoClient, StreamHandle } from './dynamo-client.js';
+import type { DynamoClient } from './dynamo-client.js';
 
 export interface RequestIo {
   out: (text: string) => void;
@@ -22,6 +22,8 @@ interface RequestOptions {
   stopAfter: number | null;
   kill: boolean;
   json: boolean;
+  /** Re-send a broken stream (no complete_final, no error) to the next instance up to this often. */
+  migrationLimit: number;
 }
 
 function parseOptions(raw: RawOptions, env: Record<string, string | undefined>): RequestOptions {
@@ -53,6 +55,7 @@ function parseOptions(raw: RawOptions, env: Record<string, string | undefined>):
     stopAfter: raw.stopAfter === undefined ? null : parseInteger('--stop-after', raw.stopAfter, 0, 1 << 24),
     kill: Boolean(raw.kill),
     json: Boolean(raw.json),
+    migrationLimit: raw.migrationLimit === undefined ? 0 : parseInteger('--migration-limit', raw.migrationLimit, 0, 1000),
   };
 }
 
@@ -77,32 +80,31 @@ export async function runRequestCommand(raw: RawOptions, io: RequestIo): Promise
       io.err(`dynamo-mocker request: no instances registered for dyn://${namespace}.${component}.${endpoint}\n`);
       return 1;
     }
-    const handles: StreamHandle[] = [];
-    for (let i = 0; i < opts.count; i++) {
-      const target = instances[i % instances.length];
-      const h = await client.generate(target, { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank });
-      if (opts.stopAfter !== null) {
-        const stopAfter = opts.stopAfter;
-        h.stream.onToken(() => {
-          if (h.stream.tokens.length === stopAfter) (opts.kill ? h.stream.kill() : h.stream.stop());
-        });
-      }
-      if (!opts.json && opts.count === 1) h.stream.onToken((t) => io.out(`${t} `));
-      handles.push(h);
-    }
-    const results = await Promise.all(handles.map((h) => h.stream.done));
+    const { generateWithMigration } = await import('./migration.js');
+    const runs = Array.from({ length: opts.count }, (_, i) =>
+      generateWithMigration(client, instances, i, { tokenIds: opts.tokens, maxTokens: opts.maxTokens, dpRank: opts.dpRank }, opts.migrationLimit, (h) => {
+        if (opts.stopAfter !== null) {
+          const stopAfter = opts.stopAfter;
+          h.stream.onToken(() => {
+            if (h.stream.tokens.length === stopAfter) (opts.kill ? h.stream.kill() : h.stream.stop());
+          });
+        }
+        if (!opts.json && opts.count === 1) h.stream.onToken((t) => io.out(`${t} `));
+      }),
+    );
+    const migrated = await Promise.all(runs);
     if (!opts.json && opts.count === 1) io.out('\n');
     let failed = 0;
     const rows: string[] = [];
-    results.forEach((r, i) => {
-      const h = handles[i];
+    migrated.forEach(({ result: r, sentAt, migrations, requestIds }, i) => {
+      const h = { sentAt, requestId: requestIds[0] };
       const n = r.tokenIds.length;
       const ttft = n ? r.tokenTimes[0] - h.sentAt : null;
       const itl = n > 1 ? (r.tokenTimes[n - 1] - r.tokenTimes[0]) / (n - 1) : null;
       const e2e = r.endedAt - h.sentAt;
       const error = r.prologueError ?? (r.errors.length ? r.errors.join('; ') : null);
       if (error) failed++;
-      const record = { request: i, request_id: h.requestId, tokens: n, finish_reason: r.finishReason, complete_final: r.completeFinal, ttft_ms: ttft, mean_itl_ms: itl, e2e_ms: e2e, tokens_per_s: e2e > 0 ? (n * 1000) / e2e : null, error };
+      const record = { request: i, request_id: h.requestId, tokens: n, finish_reason: r.finishReason, complete_final: r.completeFinal, migrations, ttft_ms: ttft, mean_itl_ms: itl, e2e_ms: e2e, tokens_per_s: e2e > 0 ? (n * 1000) / e2e : null, error };
       if (opts.json) {
         rows.push(JSON.stringify({ ...record, token_ids: r.tokenIds }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v)));
       } else {
@@ -187,6 +189,7 @@ export function addRequestCommand(program: Command, makeSub: (name: string) => C
     .option('--stop-after <n>', 'send stop after n tokens')
     .option('--kill', 'with --stop-after: send kill instead of stop')
     .option('--json', 'one JSON line per request instead of a table')
+    .option('--migration-limit <n>', 'like the frontend: re-send a stream that breaks (no complete_final, no error) with the tokens so far to the next instance, up to n times (default: 0)')
     .option('--disaggregated', 'send each request through a prefill worker and a decode worker (at --endpoint), as a frontend\'s prefill router does')
     .option('--prefill-endpoint <dyn://ns.component.endpoint>', 'with --disaggregated: the prefill workers (default: dyn://${DYN_NAMESPACE:-dynamo}.prefill.generate)');
   cmd.action(async (opts: RawOptions) => setExit(await runRequestCommand(opts, io)));
