@@ -8,7 +8,8 @@ export type SinkEvent =
   | { kind: 'item'; body: JsonValue; at: number }
   | { kind: 'finish'; at: number }
   | { kind: 'end'; at: number }
-  | { kind: 'end-stopped'; at: number };
+  | { kind: 'end-stopped'; at: number }
+  | { kind: 'cut'; at: number };
 
 export class MemorySink implements ResponseSink {
   readonly events: SinkEvent[] = [];
@@ -45,6 +46,10 @@ export class MemorySink implements ResponseSink {
 
   endStopped(): void {
     this.events.push({ kind: 'end-stopped', at: this.now() });
+  }
+
+  cut(): void {
+    this.events.push({ kind: 'cut', at: this.now() });
   }
 
   onControl(listener: (msg: StopMessage) => void): void {
