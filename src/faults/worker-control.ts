@@ -77,8 +77,10 @@ export class WorkerControl implements MockerControl {
       try {
         plan = parseFaultPlan(patch.faults);
       } catch (err) {
-        if (err instanceof FaultPlanError) throw new ControlError(`faults.${err.field}`, err.message);
-        throw err;
+        if (!(err instanceof FaultPlanError)) throw err;
+        // The plan's own path, under "faults"; its message starts with that path (or, at the root, names none).
+        const sep = err.field === '' || err.field.startsWith('[') ? '' : '.';
+        throw new ControlError(`faults${sep}${err.field}`, err.field === '' ? `faults: ${err.message}` : `faults${sep}${err.message}`);
       }
       changes.push(() => {
         for (const w of this.workers) w.faults.setPlan(plan);
