@@ -215,7 +215,7 @@ export class RequestServer {
     const a = hit.action;
     if (a.kind === 'deregister') faults.deregister(a.ms);
     else if (a.kind === 'load_metrics') faults.loadMetrics(a.mode, a.ms);
-    else if (a.kind !== 'stall' && a.kind !== 'slow') return; // counted when they happen
+    else if (a.kind !== 'slow') return; // counted when they happen
     faults.fired(hit, requestId);
   }
 
@@ -568,7 +568,12 @@ class ActiveRequest {
     const sleep = server.sleep ?? realSleep;
     return {
       emit: (token, atMs, last) => {
-        if (token !== null) number++;
+        if (token !== null) {
+          number++;
+          // A stall counts once the token it holds back is made: a request that ends (or is cancelled)
+          // before that token is never stalled, as an error or cut past the last token never fires.
+          if (action.kind === 'stall' && number === action.beforeToken) server.faults!.fired(fault!, this.a.requestId);
+        }
         const at = deliveryTime(action, arrivalMs, number, atMs);
         if (last) this.settleEngine(); // the engine is done with it; only the delivery waits
         this.delivering = this.delivering.then(async () => {
