@@ -550,6 +550,7 @@ class ActiveRequest {
   private cut(): void {
     if (this.ended) return;
     this.ended = true;
+    this.a.waiting.delete(this);
     if (this.seq) this.a.server.loop.cancel(this.seq, this.a.rank);
     this.kvFault?.release();
     this.a.counts.cut++;
@@ -616,6 +617,8 @@ class ActiveRequest {
   /** The normal end: complete_final after the last item. */
   private end(completed = true): void {
     this.ended = true;
+    // A request ended before admission (a fault at 0 tokens) must not stay counted as queued work.
+    this.a.waiting.delete(this);
     if (completed) this.a.counts.completed++;
     this.kvFault?.release();
     this.a.tracker.responseBytes(this.a.sink.finish());

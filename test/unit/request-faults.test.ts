@@ -285,11 +285,9 @@ describe('stream faults', () => {
     expect(h.server.inflightCount).toBe(0);
   });
 
-  // KNOWN BUG (src/serving/request-server.ts): ActiveRequest joins its rank's waiting set in its
-  // constructor and leaves it only in admit() or cancel(); a fault that ends the request before
-  // admission (error/cut/crash with after_tokens 0) never removes it, so admissionQueue(rank) — the
-  // forward-pass metrics' queued prefill work — reports it forever. Flip to `it` once fixed.
-  it.fails('error and cut with after_tokens 0 leave nothing in the admission queue', async () => {
+  // A request ended before admission must leave its rank's waiting set (the forward-pass metrics'
+  // queued prefill work), whichever way it ends.
+  it('error and cut with after_tokens 0 leave nothing in the admission queue', async () => {
     const h = await faultedBeforeFirstToken();
     expect([...h.server.admissionQueue(0)]).toEqual([]);
   });
