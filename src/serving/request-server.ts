@@ -339,7 +339,6 @@ export class RequestServer {
         o.faults!.fired(hit, control.id);
         return refuse('generate', hit.action.message);
       }
-      if (hit) this.worldFault(hit, control.id);
       const planned = this.handoffPlan(req, control.id, rank);
       if ('refusal' in planned) return refuse('generate', planned.refusal);
       let plan: HandoffPlan = planned.kind === 'session' ? { kind: 'prefill-session', identity: planned.identity } : planned;
@@ -355,6 +354,8 @@ export class RequestServer {
           }
         }
       }
+      // Accepted: worker-level faults take effect now (a refused request triggers none).
+      if (hit) this.worldFault(hit, control.id);
       sink.sendPrologue(null);
       const run = new ActiveRequest({
         requestId: control.id,
