@@ -351,16 +351,20 @@ function readableFile(flag: string, path: string): string {
   return path;
 }
 
-/** Reads --extra-engine-args: Dynamo's MockEngineArgs JSON; unknown keys are an error. */
-function readExtraEngineArgs(path: string): RawOptions {
-  const flag = '--extra-engine-args';
+/** The JSON in the file a flag names; an unreadable file or bad JSON is an error naming the flag. */
+function readJsonFile(flag: string, path: string): unknown {
   readableFile(flag, path);
-  let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(path, 'utf8'));
+    return JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new ConfigError(flag, `'${path}' is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+/** Reads --extra-engine-args: Dynamo's MockEngineArgs JSON; unknown keys are an error. */
+function readExtraEngineArgs(path: string): RawOptions {
+  const flag = '--extra-engine-args';
+  const parsed = readJsonFile(flag, path);
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
     throw new ConfigError(flag, `'${path}' must contain a JSON object`);
   }
@@ -711,13 +715,7 @@ const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 
 /** --faults FILE: a JSON fault plan; any fault in it exits 2 naming the field. */
 function readFaultPlan(path: string): FaultPlan {
   const flag = '--faults';
-  readableFile(flag, path);
-  let value: unknown;
-  try {
-    value = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new ConfigError(flag, `'${path}' is not valid JSON: ${(err as Error).message}`);
-  }
+  const value = readJsonFile(flag, path);
   try {
     return parseFaultPlan(value);
   } catch (err) {
