@@ -13,9 +13,13 @@ export class JsonSyntaxError extends SyntaxError {
   }
 }
 
-// Network input is untrusted; without a cap a deeply nested payload would blow the JS stack
-// with a RangeError instead of a clean SyntaxError. serde_json itself stops at 128.
-const MAX_DEPTH = 1000;
+/**
+ * serde_json's recursion limit: every array or object entered uses one of 128 levels, and entering
+ * the 128th is refused ("recursion limit exceeded"), so at most 127 levels parse, as in Dynamo.
+ * Network input is untrusted: without a cap a deeply nested payload would blow the JS stack (here,
+ * or in whatever walks the value later) instead of failing with a clean SyntaxError.
+ */
+export const RECURSION_LIMIT = 128;
 
 // Integer lexemes of up to 15 digits are always below 2^53, so they skip the BigInt round trip.
 const SAFE_DIGITS = 15;
@@ -99,7 +103,7 @@ class Parser {
   }
 
   private enter(): void {
-    if (++this.depth > MAX_DEPTH) this.fail(`Nesting deeper than ${MAX_DEPTH}`);
+    if (++this.depth >= RECURSION_LIMIT) this.fail(`Recursion limit exceeded: more than ${RECURSION_LIMIT - 1} nested arrays/objects`);
   }
 
   private parseArray(): JsonValue[] {
@@ -328,8 +332,9 @@ export function parseJson(text: string | Uint8Array): JsonValue {
     }
   }
   // Fast path: without a run of 16+ digits no integer can leave the safe range, so the native parser
-  // gives identical values much faster. On failure we re-parse to report a positioned JsonSyntaxError.
-  if (!LONG_DIGIT_RUN.test(src)) {
+  // gives identical values much faster. On failure we re-parse to report a positioned JsonSyntaxError;
+  // so do documents nested too deep, which the native parser would accept.
+  if (!LONG_DIGIT_RUN.test(src) && !nestsTooDeep(src)) {
     try {
       return JSON.parse(src) as JsonValue;
     } catch {
@@ -337,6 +342,46 @@ export function parseJson(text: string | Uint8Array): JsonValue {
     }
   }
   return new Parser(src).parseDocument();
+}
+
+const C_OPEN_ARRAY = 0x5b;
+const C_OPEN_OBJECT = 0x7b;
+const C_CLOSE_ARRAY = 0x5d;
+const C_CLOSE_OBJECT = 0x7d;
+
+/**
+ * True when `src` nests arrays/objects RECURSION_LIMIT deep. Text with fewer opening brackets than
+ * that (every request body in practice) is cleared by two native scans; otherwise the brackets outside
+ * strings are counted. Invalid JSON may be misjudged either way; the parser reports it regardless.
+ */
+function nestsTooDeep(src: string): boolean {
+  let openers = 0;
+  for (const bracket of ['[', '{']) {
+    for (let p = src.indexOf(bracket); p !== -1; p = src.indexOf(bracket, p + 1)) {
+      if (++openers >= RECURSION_LIMIT) return reachesRecursionLimit(src);
+    }
+  }
+  return false;
+}
+
+function reachesRecursionLimit(src: string): boolean {
+  const len = src.length;
+  let depth = 0;
+  for (let p = 0; p < len; p++) {
+    const c = src.charCodeAt(p);
+    if (c === C_QUOTE) {
+      for (p++; p < len; p++) {
+        const d = src.charCodeAt(p);
+        if (d === C_BACKSLASH) p++;
+        else if (d === C_QUOTE) break;
+      }
+    } else if (c === C_OPEN_ARRAY || c === C_OPEN_OBJECT) {
+      if (++depth >= RECURSION_LIMIT) return true;
+    } else if (c === C_CLOSE_ARRAY || c === C_CLOSE_OBJECT) {
+      depth--;
+    }
+  }
+  return false;
 }
 
 export interface StringifyOptions {

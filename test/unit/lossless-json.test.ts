@@ -1,6 +1,6 @@
 // Lossless JSON: parse/stringify parity with JSON.parse/stringify plus exact u64 handling.
 import { describe, expect, it } from 'vitest';
-import { JsonSyntaxError, parseJson, stringifyJson } from '../../src/dynamo/lossless-json.js';
+import { JsonSyntaxError, RECURSION_LIMIT, parseJson, stringifyJson } from '../../src/dynamo/lossless-json.js';
 
 describe('parseJson: big integers', () => {
   it('round-trips a lease id exactly', () => {
@@ -161,7 +161,40 @@ describe('parseJson: errors', () => {
     // The big integer forces the lossless (recursive) parser rather than the native fast path.
     const deep = (n: number) => '['.repeat(n) + '12345678901234567890' + ']'.repeat(n);
     expect(() => parseJson(deep(100_000))).toThrow(SyntaxError);
-    expect(parseJson(deep(500))).toBeDefined();
+    expect(() => parseJson('['.repeat(100_000) + ']'.repeat(100_000))).toThrow(SyntaxError);
+  });
+
+  it("caps nesting where serde_json does: 127 levels parse, the 128th bracket is refused (on both paths)", () => {
+    expect(RECURSION_LIMIT).toBe(128);
+    const arrays = (n: number, inner = '1') => '['.repeat(n) + inner + ']'.repeat(n);
+    const objects = (n: number) => '{"a":'.repeat(n - 1) + '{}' + '}'.repeat(n - 1);
+    for (const inner of ['1', '12345678901234567890']) {
+      expect(parseJson(arrays(127, inner))).toBeDefined();
+      for (const n of [128, 129, 1000]) {
+        try {
+          parseJson(arrays(n, inner));
+          expect.unreachable(`${n} levels parsed`);
+        } catch (err) {
+          expect(err).toBeInstanceOf(JsonSyntaxError);
+          // serde_json: "recursion limit exceeded at line 1 column 128"
+          expect((err as JsonSyntaxError).position).toBe(127);
+          expect((err as Error).message).toMatch(/^Recursion limit exceeded/);
+        }
+      }
+    }
+    expect(parseJson(objects(127))).toBeDefined();
+    expect(() => parseJson(objects(128))).toThrow(/Recursion limit exceeded/);
+    expect(() => parseJson(new TextEncoder().encode(arrays(129)))).toThrow(/Recursion limit exceeded/);
+  });
+
+  it('counts only real nesting: brackets in strings and many shallow siblings are fine', () => {
+    const inStrings = JSON.stringify({ s: '['.repeat(500) + '{'.repeat(500), t: ['\\"[[[', '{'] });
+    expect(parseJson(inStrings)).toEqual(JSON.parse(inStrings));
+    const siblings = JSON.stringify(Array.from({ length: 1000 }, (_, i) => ({ i, v: [[i]] })));
+    expect(parseJson(siblings)).toEqual(JSON.parse(siblings));
+    const nearLimit = '['.repeat(127) + ']'.repeat(127);
+    const twice = `[${nearLimit.slice(1, -1)},${nearLimit.slice(1, -1)}]`;
+    expect(parseJson(twice)).toEqual(JSON.parse(twice));
   });
 
   it('the slow path and the native fast path agree', () => {

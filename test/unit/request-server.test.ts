@@ -155,6 +155,17 @@ describe('RequestServer', () => {
     expect(g.metrics).toMatchObject({ requests: 1, ended: 1, errors: ['response_stream'] });
   });
 
+  it("refuses a body nested deeper than serde_json's recursion limit on its stream, as a deserialization error", async () => {
+    const h = harness();
+    // An unknown field nesting the body `depth` levels deep (the body itself is the first level).
+    const nested = (depth: number) => preprocessedRequestJson1x({ tokenIds: [1, 2], maxTokens: 2 }).replace(/^\{/, `{"x":${'['.repeat(depth - 1)}${']'.repeat(depth - 1)},`);
+    await h.server.handle(payload({ tokenIds: [1, 2], maxTokens: 2 }, {}, nested(127)));
+    expect(h.sinks[0].shape).toEqual(['prologue ok', '2 items', 'finish']);
+    for (const depth of [128, 129, 100_000]) await h.server.handle(payload({ tokenIds: [1, 2], maxTokens: 2 }, {}, nested(depth)));
+    for (const sink of h.sinks.slice(1)) expect(sink.prologueError).toMatch(/^invalid request body: .*Recursion limit exceeded/);
+    expect(h.metrics.errors).toEqual(['deserialization', 'deserialization', 'deserialization']);
+  });
+
   it('reports a fault the request plane found on the request stream', async () => {
     const h = harness();
     await h.server.handle(payload({ tokenIds: [1], maxTokens: 5 }), { type: 'generate', message: 'Server overloaded: worker at capacity' });
