@@ -197,7 +197,10 @@ export class RequestServer {
   private readonly inflight = new Set<Promise<void>>();
   /** Bootstrap sessions held per DP rank. */
   private readonly sessions: number[];
-  private readonly shutdown = new AbortController();
+  /** Accepted requests still streaming (the ones a graceful-shutdown timeout ends). */
+  private readonly running = new Set<ActiveRequest>();
+  /** Set once the graceful-shutdown timeout has passed: what a still-running stream is told. */
+  private shutdownMessage: string | null = null;
   /** When the worker started serving (fault plans' `after_ms` / `before_ms`). */
   private readonly startedAt: number;
   /** Accepted requests waiting for an admission slot, per DP rank. */
@@ -265,8 +268,9 @@ export class RequestServer {
   }
 
   /**
-   * Waits up to `graceMs` for in-flight requests to finish, then cuts the rest (their streams end
-   * without complete_final and their KV blocks are freed). Resolves true if all finished in time.
+   * Waits up to `graceMs` for in-flight requests to finish, then ends the rest: each stream gets an
+   * error item saying the worker is shutting down, then complete_final, and its KV blocks are freed.
+   * Resolves true if all finished in time.
    */
   async drain(graceMs: number): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
@@ -276,7 +280,9 @@ export class RequestServer {
     clearTimeout(timer);
     if (!inTime) {
       this.o.log.warn(`graceful shutdown timed out after ${graceMs} ms; cancelling ${this.inflight.size} requests`);
-      this.shutdown.abort();
+      this.shutdownMessage = `worker shutting down: graceful shutdown timeout (${graceMs / 1000} s) reached`;
+      // A request still on its way to being accepted is ended as soon as it is (in serve).
+      for (const run of this.running) run.shutDown(this.shutdownMessage);
       await Promise.all([...this.inflight]);
     }
     return inTime;
@@ -366,16 +372,20 @@ export class RequestServer {
         tracker,
         server: o,
         waiting: this.waitingForSlot[rank],
-        shutdown: this.shutdown.signal,
         observer: o.observe?.(rank, arrivalMs),
         plan,
         fault: hit && REQUEST_LEVEL.has(hit.action.kind) ? hit : null,
         arrivalMs,
         counts: this.counts,
       });
+      // One set the server walks at the deadline, rather than a listener per request on one shared
+      // AbortSignal (more than 10 of those is a MaxListenersExceededWarning).
+      this.running.add(run);
+      if (this.shutdownMessage !== null) run.shutDown(this.shutdownMessage);
       try {
         await run.done;
       } finally {
+        this.running.delete(run);
         if (planned.kind === 'session') this.sessions[rank]--;
       }
     } finally {
@@ -408,7 +418,6 @@ interface ActiveRequestInit {
   server: RequestServerOptions;
   /** Where the request waits for an admission slot (it leaves once admitted or cancelled). */
   waiting: Set<ActiveRequest>;
-  shutdown: AbortSignal;
   observer: RequestObserver | undefined;
   plan: HandoffPlan;
   /** The fault plan's verdict for this request, when it acts on its stream. */
@@ -436,13 +445,24 @@ class ActiveRequest {
   private kvFault: { release(): void } | null = null;
 
   constructor(private readonly a: ActiveRequestInit) {
-    const { sink, shutdown } = a;
+    const { sink } = a;
     a.waiting.add(this);
     sink.onControl((msg) => this.cancel(`frontend sent ${msg}`, () => sink.endStopped()));
     sink.onPeerGone(() => this.cancel('frontend disconnected', () => sink.end()));
-    const onShutdown = (): void => this.cancel('worker shutting down', () => sink.end());
-    shutdown.addEventListener('abort', onShutdown, { once: true });
-    this.done = this.run().finally(() => shutdown.removeEventListener('abort', onShutdown));
+    this.done = this.run();
+  }
+
+  /**
+   * The graceful-shutdown timeout passed while the request still runs: an error item (Dynamo's
+   * `LLMEngineOutput::error`) tells the frontend why, complete_final ends the stream, and whatever
+   * the engine holds is freed. Counted as a cancellation.
+   */
+  shutDown(message: string): void {
+    const { sink, tracker } = this.a;
+    this.cancel('worker shutting down', () => {
+      tracker.responseBytes(sink.sendItem(llmDataItemBody({ tokenIds: [], finishReason: { error: message } })));
+      tracker.responseBytes(sink.finish());
+    });
   }
 
   get promptLength(): number {

@@ -345,15 +345,17 @@ describe.skipIf(!enabled)('worker over NATS + etcd', () => {
     await lease.revoke();
     expect(await etcdClient.get('v1/test/keepalive').string()).toBeNull();
 
-    // A request longer than the grace period is cut off; the worker still exits 0 and revokes.
+    // A request longer than the grace period is ended with an error item saying why; the worker still
+    // exits 0 and revokes.
     const { w, client, inst } = await worker('grace', [], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: '0.5' });
     const h = await client.generate(inst.subject, { tokenIds: [1, 2, 3], maxTokens: 100_000 });
     await waitFor(() => h.stream.tokens.length > 0, { timeoutMs: 5000 });
     const t0 = performance.now();
     w.proc.kill('SIGTERM');
     const r = await h.stream.done;
+    expect(r.errors).toEqual(['worker shutting down: graceful shutdown timeout (0.5 s) reached']);
     expect(r.sentinel).toBe(true);
-    expect(r.completeFinal).toBe(false);
+    expect(r.completeFinal).toBe(true);
     expect(await w.exited).toBe(0);
     expect(performance.now() - t0).toBeLessThan(4000);
     expect(await etcdClient.getAll().prefix('v1/instances/grace/').keys()).toEqual([]);

@@ -203,19 +203,32 @@ describe('RequestServer', () => {
     expect(h.engine.ranks[0].snapshot()).toMatchObject({ running: 0, waiting: 0, activeBlocks: 0 });
   });
 
-  it('drain waits for in-flight requests, and past the grace period cuts them', async () => {
-    const h = harness();
+  it('drain waits for in-flight requests, and past the grace period ends them with an error item, freeing their KV', async () => {
+    const h = harness({ maxNumSeqs: 2 });
     const quick = h.server.handle(payload({ tokenIds: [1, 2], maxTokens: 3 }));
     expect(await h.server.drain(60_000)).toBe(true);
     await quick;
     expect(h.sinks[0].shape).toEqual(['prologue ok', '3 items', 'finish']);
 
-    const long = h.server.handle(payload({ tokenIds: [1, 2], maxTokens: 1_000_000 }));
+    // Two streaming, one waiting for a slot, when the grace period runs out.
+    const long = [0, 1, 2].map((i) => h.server.handle(payload({ tokenIds: tokens(40, 100 * i), maxTokens: 1_000_000 })));
+    await new Promise<void>((resolve) => {
+      const wait = () => (h.sinks.length === 4 && h.sinks[1].tokens.length > 2 && h.sinks[2].tokens.length > 2 ? resolve() : setImmediate(wait));
+      wait();
+    });
+    expect(h.engine.ranks[0].snapshot().activeBlocks).toBeGreaterThan(0);
     expect(await h.server.drain(0)).toBe(false);
-    await long;
-    expect(h.sinks[1].shape.at(-1)).toBe('end');
-    expect(h.metrics.cancellations).toBe(1);
+    await Promise.all(long);
+    for (const sink of h.sinks.slice(1)) {
+      expect(sink.shape.slice(-2)).toEqual([expect.stringMatching(/items$/), 'finish']);
+      const last = sink.events.filter((e) => e.kind === 'item').at(-1) as { body: { data: { data: { finish_reason: unknown; token_ids: unknown } } } };
+      expect(last.body.data.data).toMatchObject({ token_ids: [], finish_reason: { error: 'worker shutting down: graceful shutdown timeout (0 s) reached' } });
+    }
+    expect(h.sinks[3].tokens).toEqual([]);
+    expect(h.metrics.cancellations).toBe(3);
+    expect(h.metrics.errors).toEqual([]);
     expect(h.server.inflightCount).toBe(0);
+    expect(h.engine.ranks[0].snapshot()).toMatchObject({ running: 0, waiting: 0, activeBlocks: 0 });
   });
 
   it('refuseUnrouted tells the caller why on its stream and counts the error', async () => {
