@@ -15,6 +15,7 @@ import {
 import { ConnectionError } from './adapters/connection-error.js';
 import { addRequestCommand } from './client/request-command.js';
 import { processIo, type CliIo } from './io.js';
+import { rememberSecrets, redactCredentials } from './redact.js';
 import { TraceError } from './replay/trace.js';
 
 
@@ -72,6 +73,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--model-name <name>', 'served model name (default: the --model-path string)')
     .option('--endpoint <dyn://ns.component.endpoint>', 'Dynamo endpoint to serve (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
     .option('--num-workers <n>', `independent workers in this process${d(WORKER_DEFAULTS.numWorkers)}`)
+    .option('--stagger-delay <seconds>', `seconds between two worker launches, 2 s more after every 32; -1 = auto (0 up to 32 workers, 0.1 up to 128, else 0.2)${d(WORKER_DEFAULTS.staggerDelayS)}`)
     .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)')
     .addOption(
       new Option(
@@ -137,8 +139,15 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
   return program;
 }
 
+/** An error message as one line of stderr: control characters (a file's newlines quoted back) become spaces, credentials `***`. */
+export function errorLine(message: string): string {
+  return redactCredentials(message.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ').trim());
+}
+
 /** Runs the CLI; returns the process exit code (2 for bad flags, 1 for runtime failures). */
 export async function main(argv: readonly string[], io: CliIo = processIo()): Promise<number> {
+  // Before anything can log: the secrets in the environment are masked wherever they show up.
+  rememberSecrets(io.env);
   const exitCode = { value: 0 };
   const program = buildProgram(io, argv, exitCode);
   try {
@@ -150,18 +159,22 @@ export async function main(argv: readonly string[], io: CliIo = processIo()): Pr
       return 2;
     }
     if (err instanceof ConfigError) {
-      io.err(`dynamo-mocker: ${err.message}\n`);
+      io.err(`dynamo-mocker: ${errorLine(err.message)}\n`);
       return 2;
     }
     if (err instanceof ConnectionError) {
-      io.err(`dynamo-mocker: ${err.message}\n`);
+      io.err(`dynamo-mocker: ${errorLine(err.message)}\n`);
       return 1;
     }
     if (err instanceof TraceError) {
-      io.err(`dynamo-mocker replay: ${err.message}\n`);
+      io.err(`dynamo-mocker replay: ${errorLine(err.message)}\n`);
       return 2;
     }
-    io.err(`dynamo-mocker: ${(err as Error).stack ?? String(err)}\n`);
+    // Anything else is one line too; the stack trace only when DYN_LOG asks for debug output.
+    const message = err instanceof Error ? err.message || err.name : String(err);
+    const wantsStack = /(^|,)\s*(debug|trace)\s*(,|$)/i.test(io.env.DYN_LOG ?? '');
+    if (wantsStack && err instanceof Error && err.stack) io.err(`dynamo-mocker: ${redactCredentials(err.stack)}\n`);
+    else io.err(`dynamo-mocker: ${errorLine(message)}\n`);
     return 1;
   }
 }

@@ -1,8 +1,12 @@
 // Failing to reach a dependency: the error the CLI names without loading any client, and its one-line wording.
+import { redactCredentials } from '../redact.js';
 
-/** A one-line, user-facing failure to reach a dependency (the CLI exits with code 1). */
+/** A one-line, user-facing failure to reach a dependency (the CLI exits with code 1); credentials are masked. */
 export class ConnectionError extends Error {
   override name = 'ConnectionError';
+  constructor(message: string) {
+    super(redactCredentials(message));
+  }
 }
 
 /** How long a start-up connection attempt may take. */
@@ -19,6 +23,4 @@ export function reason(err: unknown, timeoutMs: number): string {
 }
 
 /** A URL for messages: user info is replaced by "***" so credentials never reach a log line. */
-export function redact(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, '$1***@');
-}
+export const redact = redactCredentials;

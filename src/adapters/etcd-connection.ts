@@ -3,24 +3,29 @@
 import { Etcd3, type IOptions } from 'etcd3';
 import type { Env } from '../config.js';
 import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact } from './connection-error.js';
+import { ServerUrlError, parseEtcdEndpoints } from './server-urls.js';
 
 export { ConnectionError };
 
 /**
  * `ETCD_ENDPOINTS` (comma-separated, default http://localhost:2379), optional
- * ETCD_AUTH_USERNAME+ETCD_AUTH_PASSWORD and TLS from ETCD_AUTH_CA (+ ETCD_AUTH_CLIENT_CERT and
+ * ETCD_AUTH_USERNAME+ETCD_AUTH_PASSWORD (else `user:password@` in the first URL; user info is never
+ * passed on to the client, whose resolver would print it in its errors) and TLS from ETCD_AUTH_CA (+ ETCD_AUTH_CLIENT_CERT and
  * ETCD_AUTH_CLIENT_KEY), PEM text as in Dynamo. One bounded read proves the connection: etcd3
  * retries internally (three attempts, then a circuit breaker) and a silent endpoint would otherwise
  * wait for the 30 s default dial timeout.
  */
 export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): Promise<Etcd3> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const raw = env.ETCD_ENDPOINTS || 'http://localhost:2379';
-  const hosts = raw.split(',').map((s) => s.trim()).filter(Boolean);
-  const shown = hosts.map(redact).join(',');
-  for (const h of hosts) {
-    if (!/^https?:\/\/[^/]+/.test(h)) throw new ConnectionError(`ETCD_ENDPOINTS must list http(s)://host:port URLs, got '${redact(h)}'`);
+  let endpoints;
+  try {
+    endpoints = parseEtcdEndpoints(env.ETCD_ENDPOINTS);
+  } catch (err) {
+    if (err instanceof ServerUrlError) throw new ConnectionError(`${err.variable} ${err.message}`);
+    throw err;
   }
+  const { hosts, auth: urlAuth } = endpoints;
+  const shown = hosts.map(redact).join(',');
 
   const options: IOptions = {
     hosts,
@@ -30,6 +35,8 @@ export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): 
   };
   if (env.ETCD_AUTH_USERNAME && env.ETCD_AUTH_PASSWORD) {
     options.auth = { username: env.ETCD_AUTH_USERNAME, password: env.ETCD_AUTH_PASSWORD };
+  } else if (urlAuth && urlAuth.user && urlAuth.pass) {
+    options.auth = { username: urlAuth.user, password: urlAuth.pass };
   }
   if (env.ETCD_AUTH_CA) {
     options.credentials = {
@@ -66,6 +73,8 @@ export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): 
 function etcdReason(err: unknown, timeoutMs: number): string {
   const text = (err as Error)?.message ?? String(err);
   if (/DEADLINE_EXCEEDED|Deadline exceeded/i.test(text)) return `no answer within ${timeoutMs} ms`;
+  // grpc-js when the authentication call cannot connect: "No connection established. Last error: null. …"
+  if (/No connection established/i.test(text) && !/ECONNREFUSED/.test(text)) return 'no connection (refused or unreachable)';
   // grpc-js prefixes "14 UNAVAILABLE: "; keep the human part.
   return reason(err, timeoutMs).replace(/^\d+ [A-Z_]+: /, '');
 }

@@ -4,6 +4,7 @@ import { connect, credsAuthenticator, nkeyAuthenticator, type ConnectionOptions,
 import { readFileSync } from 'node:fs';
 import type { Env } from '../config.js';
 import { ConnectionError, DEFAULT_TIMEOUT_MS, reason, redact } from './connection-error.js';
+import { DEFAULT_NATS_SERVER, ServerUrlError, parseNatsServers } from './server-urls.js';
 
 export { ConnectionError };
 
@@ -17,24 +18,16 @@ export { ConnectionError };
  */
 export async function connectNats(env: Env, opts: { timeoutMs?: number } = {}): Promise<NatsConnection> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const url = env.NATS_SERVER || 'nats://localhost:4222';
+  const url = env.NATS_SERVER || DEFAULT_NATS_SERVER;
   const shown = redact(url);
-  const urls = url.split(',').map((s) => s.trim()).filter(Boolean);
-  const servers: string[] = [];
-  let urlAuth: { user: string; pass: string } | null = null;
-  for (const u of urls) {
-    let parsed: URL;
-    try {
-      parsed = new URL(u);
-    } catch {
-      parsed = new URL('invalid://');
-    }
-    if (parsed.protocol !== 'nats:' || !parsed.hostname) {
-      throw new ConnectionError(`NATS_SERVER must be a nats://host:port URL, got '${redact(u)}'`);
-    }
-    if (parsed.username && !urlAuth) urlAuth = { user: decodeURIComponent(parsed.username), pass: decodeURIComponent(parsed.password) };
-    servers.push(`${parsed.hostname}:${parsed.port || '4222'}`);
+  let parsed;
+  try {
+    parsed = parseNatsServers(url);
+  } catch (err) {
+    if (err instanceof ServerUrlError) throw new ConnectionError(`${err.variable} ${err.message}`);
+    throw err;
   }
+  const { servers, auth: urlAuth } = parsed;
 
   const options: ConnectionOptions = {
     servers,

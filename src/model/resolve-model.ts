@@ -3,6 +3,7 @@ import { constants as fsConstants } from 'node:fs';
 import { access, mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { redactCredentials } from '../redact.js';
 
 export type CardFileKind = 'config' | 'tokenizer' | 'tokenizerConfig' | 'generationConfig' | 'chatTemplate';
 
@@ -239,7 +240,7 @@ async function downloadToCache(repoId: string, repoDir: string, opts: ResolveOpt
       if (bytes === null && REQUIRED_FOR_DOWNLOAD.has(kind)) throw new DownloadError(`${name}: not found (HTTP 404)`);
     }
   } catch (err) {
-    opts.log('warn', `could not download model files for ${repoId} from ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
+    opts.log('warn', redactCredentials(`could not download model files for ${repoId} from ${endpoint}: ${err instanceof Error ? err.message : String(err)}`));
     return null;
   }
 
