@@ -1,20 +1,16 @@
 // One typed configuration: defaults declared once, every flag and DYN_* variable validated in one place.
-import { readFileSync } from 'node:fs';
+import { constants as fsConstants, accessSync, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { ServerUrlError, parseEtcdEndpoints, parseNatsServers } from './adapters/server-urls.js';
 import { KV_TRANSFER_DEFAULTS, type KvTransferSettings, type KvTransferTimingMode } from './core/kv-transfer.js';
 import type { EngineConfig, PreemptionMode, WorkerType } from './core/types.js';
 import { FaultPlanError, parseFaultPlan, type FaultPlan } from './faults/fault-plan.js';
+import { ConfigError } from './config-error.js';
+import { readModelInfo } from './model/model-info.js';
+import { CARD_FILE_NAMES, parseRepoId, type CardFileKind } from './model/resolve-model.js';
 
-/** Raised for any bad flag, environment variable or file; the CLI prints it and exits with code 2. */
-export class ConfigError extends Error {
-  constructor(
-    readonly flag: string,
-    message: string,
-  ) {
-    super(`${flag}: ${message}`);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 /** Engine-flag defaults, identical to Dynamo's MockEngineArgs. */
 export const ENGINE_DEFAULTS = {
@@ -541,7 +537,42 @@ export function parseEndpoint(text: string): EndpointId {
 /** `dyn://{ns}.backend.generate`, or `dyn://{ns}.prefill.generate` for a prefill worker (Dynamo's defaults). */
 export function defaultEndpoint(env: Env, workerType: WorkerType = 'aggregated'): string {
   const component = workerType === 'prefill' ? 'prefill' : 'backend';
-  return `dyn://${env.DYN_NAMESPACE || WORKER_DEFAULTS.namespace}.${component}.generate`;
+  const namespace = env.DYN_NAMESPACE || WORKER_DEFAULTS.namespace;
+  if (!NAME_RE.test(namespace)) throw new ConfigError('DYN_NAMESPACE', `must match ^[a-z0-9_-]+$, got '${namespace}'`);
+  return `dyn://${namespace}.${component}.generate`;
+}
+
+/**
+ * --model-path as far as it names a local path: an existing directory must hold a readable
+ * config.json, and its JSON files (config, tokenizer, tokenizer_config, generation_config) must parse;
+ * anything else that exists (a file) is refused; a path that does not exist must be a HuggingFace repo
+ * id (looked up in the HF cache, then on the hub, when the worker starts).
+ */
+export function checkModelPath(modelPath: string): void {
+  const flag = '--model-path';
+  let isDirectory: boolean;
+  try {
+    isDirectory = statSync(modelPath).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new ConfigError(flag, `cannot read '${modelPath}': ${code ?? (err as Error).message}`);
+    if (parseRepoId(modelPath) !== null) return;
+    throw new ConfigError(flag, `'${modelPath}' does not exist (and is not a HuggingFace repo id)`);
+  }
+  if (!isDirectory) throw new ConfigError(flag, `'${modelPath}' is a file, not a model directory (one holding config.json)`);
+  const config = join(modelPath, 'config.json');
+  try {
+    if (!statSync(config).isFile()) throw new Error('not a file');
+    accessSync(config, fsConstants.R_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES') throw new ConfigError(flag, `cannot read '${config}': EACCES`);
+    throw new ConfigError(flag, `directory '${modelPath}' has no config.json (a model directory holds config.json, and usually tokenizer.json, tokenizer_config.json, generation_config.json)`);
+  }
+  // Read now, so that a corrupt file is one line before anything starts (the worker reads them again).
+  const files = new Map<CardFileKind, string>();
+  for (const [kind, name] of CARD_FILE_NAMES) files.set(kind, join(modelPath, name));
+  readModelInfo({ dir: modelPath, files, source: 'local' });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,7 +588,7 @@ function envInteger(env: Env, name: string, min: number, max: number): number | 
   return raw === undefined ? undefined : parseInteger(name, raw, min, max);
 }
 
-function envSeconds(env: Env, name: string, opts: { exclusiveMin?: number; min?: number }): number | undefined {
+function envSeconds(env: Env, name: string, opts: { exclusiveMin?: number; min?: number; max?: number }): number | undefined {
   const raw = nonEmpty(env[name]);
   return raw === undefined ? undefined : parseNumber(name, raw, opts);
 }
@@ -575,7 +606,7 @@ function routePath(env: Env, name: string, fallback: string): string {
  */
 export function systemServerSettings(env: Env, version: DynamoVersion = WORKER_DEFAULTS.dynamoVersion, warnings: string[] = []): SystemServerSettings {
   const legacy = version !== '1.4';
-  let enabled = legacy && TRUTHY.has((env.DYN_SYSTEM_ENABLED ?? '').trim().toLowerCase());
+  let enabled = legacy && envBool(env, 'DYN_SYSTEM_ENABLED', false);
   if (!legacy && nonEmpty(env.DYN_SYSTEM_ENABLED) !== undefined) {
     warnings.push('DYN_SYSTEM_ENABLED is deprecated and ignored (Dynamo ≥ 0.7): the system server is on iff DYN_SYSTEM_PORT ≥ 0');
   }
@@ -642,6 +673,46 @@ export function fileKvRoot(env: Env): string {
   return nonEmpty(env.DYN_FILE_KV) ?? `${(nonEmpty(env.TMPDIR) ?? '/tmp').replace(/\/+$/, '')}/dynamo_store_kv`;
 }
 
+/** The file-discovery root, or the nearest of its parents that exists, must be a directory the worker can write to. */
+function checkFileKvRoot(root: string): void {
+  const name = 'DYN_FILE_KV';
+  for (let dir = resolve(root); ; ) {
+    let isDirectory: boolean;
+    try {
+      isDirectory = statSync(dir).isDirectory();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && dirname(dir) !== dir) {
+        dir = dirname(dir);
+        continue;
+      }
+      throw new ConfigError(name, `cannot use '${root}' for file discovery: ${code ?? (err as Error).message}`);
+    }
+    if (!isDirectory) throw new ConfigError(name, `cannot use '${root}' for file discovery: '${dir}' is not a directory`);
+    try {
+      accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
+    } catch {
+      throw new ConfigError(name, `cannot use '${root}' for file discovery: '${dir}' is not writable`);
+    }
+    return;
+  }
+}
+
+/** The URL lists and auth files of the servers the worker will dial: bad ones exit 2 like any other variable. */
+function checkServerSettings(env: Env, needsNats: boolean, needsEtcd: boolean): void {
+  try {
+    if (needsNats) parseNatsServers(env.NATS_SERVER);
+    if (needsEtcd) parseEtcdEndpoints(env.ETCD_ENDPOINTS);
+  } catch (err) {
+    if (err instanceof ServerUrlError) throw new ConfigError(err.variable, err.message);
+    throw err;
+  }
+  // The credentials file is used only when no auth variable before it in Dynamo's order is set.
+  const credentials = nonEmpty(env.NATS_AUTH_CREDENTIALS_FILE);
+  const earlierAuth = (env.NATS_AUTH_USERNAME && env.NATS_AUTH_PASSWORD) || env.NATS_AUTH_TOKEN || env.NATS_AUTH_NKEY;
+  if (needsNats && credentials !== undefined && !earlierAuth) readableFile('NATS_AUTH_CREDENTIALS_FILE', credentials);
+}
+
 /** Discovery backend, request plane and event plane, checked against what the generation can do. */
 function planeSettings(raw: RawOptions, env: Env, version: DynamoVersion): Pick<WorkerConfig, 'discovery' | 'requestPlane' | 'eventPlane'> {
   const g = GENERATION_PLANES[version];
@@ -659,8 +730,11 @@ function planeSettings(raw: RawOptions, env: Env, version: DynamoVersion): Pick<
   if (!g.discovery.includes(discovery.value)) throw refuse(discovery.source, discovery.value, g.discovery);
   if (!g.requestPlanes.includes(requestPlane.value)) throw refuse(requestPlane.source, requestPlane.value, g.requestPlanes);
   if (!g.eventPlanes.includes(eventPlane.value)) throw refuse(eventPlane.source, eventPlane.value, g.eventPlanes);
+  const fileRoot = fileKvRoot(env);
+  if (discovery.value === 'file') checkFileKvRoot(fileRoot);
+  checkServerSettings(env, requestPlane.value === 'nats' || eventPlane.value === 'nats', discovery.value === 'etcd');
   return {
-    discovery: { backend: discovery.value, fileRoot: fileKvRoot(env) },
+    discovery: { backend: discovery.value, fileRoot },
     requestPlane: requestPlane.value,
     eventPlane: eventPlane.value,
   };
@@ -702,15 +776,44 @@ function envIp(env: Env, name: string): string | null {
   return ip;
 }
 
-/** DYN_LOG is a tracing filter such as `debug,dynamo_runtime=trace`; its first bare level wins. */
+/**
+ * DYN_LOG is a tracing filter such as `debug,dynamo_runtime=trace`: its first bare level wins and
+ * `target=level` directives are ignored; none at all means info. A bare word that is no level is
+ * refused naming DYN_LOG (a typo would otherwise silently log at info).
+ */
 export function levelFromDynLog(value: string | undefined): string {
+  let level: string | undefined;
   for (const part of (value ?? '').split(',')) {
-    const level = part.trim().toLowerCase();
-    if (LOG_LEVELS.has(level)) return level;
+    const directive = part.trim();
+    if (directive === '' || directive.includes('=')) continue;
+    const known = LOG_LEVELS[directive.toLowerCase()];
+    if (known === undefined) {
+      throw new ConfigError(
+        'DYN_LOG',
+        `unknown level '${directive}' (a level is trace, debug, info, warn, error or off, 0-5 as in tracing; target=level directives may follow, e.g. 'debug,dynamo_runtime=trace')`,
+      );
+    }
+    level ??= known;
   }
-  return 'info';
+  return level ?? 'info';
 }
-const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
+/** tracing's LevelFilter names and numbers, and pino's own fatal and silent, as pino levels. */
+const LOG_LEVELS: Record<string, string> = {
+  trace: 'trace',
+  debug: 'debug',
+  info: 'info',
+  warn: 'warn',
+  error: 'error',
+  off: 'silent',
+  fatal: 'fatal',
+  silent: 'silent',
+  '0': 'silent',
+  '1': 'error',
+  '2': 'warn',
+  '3': 'info',
+  '4': 'debug',
+  '5': 'trace',
+};
 
 /** --faults FILE: a JSON fault plan; any fault in it exits 2 naming the field. */
 function readFaultPlan(path: string): FaultPlan {
@@ -730,6 +833,9 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     throw new ConfigError('--model-path', 'is required (a local model directory or a HuggingFace repo id)');
   }
   const modelPath = asString('--model-path', raw.modelPath);
+  checkModelPath(modelPath);
+  // huggingface_hub reads these as booleans; anything else would silently mean "online".
+  for (const name of ['HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE']) envBool(env, name, false);
   const modelName = raw.modelName !== undefined ? asString('--model-name', raw.modelName) : modelPath;
   if (modelName === '') throw new ConfigError('--model-name', 'must not be empty');
   const numWorkers = raw.numWorkers === undefined ? WORKER_DEFAULTS.numWorkers : parseInteger('--num-workers', raw.numWorkers, 1, 1024);
@@ -750,7 +856,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const tcp = planes.requestPlane === 'tcp' ? tcpServerSettings(env) : tcpServerSettings({});
   // Only 1.4 has the ZMQ event plane (planeSettings refuses it for 0.6.x).
   const zmqEvents = planes.eventPlane === 'zmq';
-  if (zmqEvents && (nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined || TRUTHY.has((env.DYN_ZMQ_BROKER_ENABLED ?? '').trim().toLowerCase()))) {
+  if (zmqEvents && (nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined || envBool(env, 'DYN_ZMQ_BROKER_ENABLED', false))) {
     const name = nonEmpty(env.DYN_ZMQ_BROKER_URL) !== undefined ? 'DYN_ZMQ_BROKER_URL' : 'DYN_ZMQ_BROKER_ENABLED';
     throw new ConfigError(name, 'ZMQ broker mode is not supported: publishers bind their own PUB sockets (unset it, or use DYN_EVENT_PLANE=nats)');
   }
@@ -761,8 +867,10 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   if (zmqKvEventsPorts && !engine.enablePrefixCaching) throw new ConfigError('--zmq-kv-events-ports', 'needs prefix caching (without it no KV events exist)');
   if (zmqKvEventsPorts && !kvEvents) throw new ConfigError('--zmq-kv-events-ports', 'contradicts --no-kv-events');
   if (zmqKvEventsPorts && disagg.workerType === 'decode') throw new ConfigError('--zmq-kv-events-ports', 'decode workers publish no KV events');
-  const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0 }) ?? WORKER_DEFAULTS.gracefulShutdownS;
-  const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
+  // A timer cannot wait past 2^31 − 1 ms (Node would fire it at once).
+  const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) }) ?? WORKER_DEFAULTS.gracefulShutdownS;
+  // JetStream's max_age is i64 nanoseconds.
+  const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0, max: 9_223_372_036 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   const controlApi = { enabled: raw.enableControlApi === true, token: nonEmpty(env.DYN_MOCKER_CONTROL_TOKEN) ?? null };
   if (controlApi.enabled && !system.enabled) {
     throw new ConfigError('--enable-control-api', 'needs the system status server it is served on (set DYN_SYSTEM_PORT)');
@@ -815,10 +923,12 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     const [missing, given] = prefillWorkers === null ? ['--prefill-workers', '--decode-workers'] : ['--decode-workers', '--prefill-workers'];
     throw new ConfigError(missing, `is required with ${given}: disaggregated replay needs both pools`);
   }
+  const modelPath = raw.modelPath === undefined ? null : asString('--model-path', raw.modelPath);
+  if (modelPath !== null) checkModelPath(modelPath);
   return {
     engine,
     kvTransfer: parseKvTransfer(raw),
-    modelPath: raw.modelPath === undefined ? null : asString('--model-path', raw.modelPath),
+    modelPath,
     tracePath,
     traceBlockSize,
     arrivalSpeedup,

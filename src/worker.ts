@@ -152,17 +152,21 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       closers.push(() => discovery.stop());
       return { nats, discovery };
     })();
+    // The files are read as soon as they are found: a corrupt one (a ConfigError naming it) ends the start at once.
     const loadingModel = Promise.all([
-      resolveModelFiles(config.modelPath, { env: config.env, log: (level, msg) => log[level](msg) }),
+      resolveModelFiles(config.modelPath, { env: config.env, log: (level, msg) => log[level](msg) }).then((files) => ({
+        files,
+        info: files.source === 'none' ? null : readModelInfo(files),
+      })),
       createXxh3(),
       createBlake3Hex(),
     ]);
     let connected: Awaited<typeof connecting>;
-    let files: Awaited<typeof loadingModel>[0];
+    let model: Awaited<typeof loadingModel>[0];
     let xxh: Xxh3Hasher;
     let blake3Hex: Awaited<typeof loadingModel>[2];
     try {
-      [connected, [files, xxh, blake3Hex]] = await Promise.all([connecting, loadingModel]);
+      [connected, [model, xxh, blake3Hex]] = await Promise.all([connecting, loadingModel]);
     } catch (err) {
       // Whatever did connect is closed below, once it has.
       await connecting.catch(() => {});
@@ -172,10 +176,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     checkAbort();
 
     // 2. The model's limits and the card every worker publishes.
-    const info =
-      files.source === 'none'
-        ? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null, kvShape: null }
-        : readModelInfo(files);
+    const { files } = model;
+    const info = model.info ?? { contextLength: 0, vocabSize: DEFAULT_VOCAB_SIZE, eosTokenIds: [] as number[], bosTokenId: null, kvShape: null };
     const kvTransfer = resolveKvTransfer(config.disagg.kvTransfer, info.kvShape);
     if (config.disagg.workerType === 'prefill' && kvTransfer.bytesPerToken === null && kvTransfer.bandwidthGBps > 0) {
       log.warn('KV bytes per token unknown (no model config and no --kv-bytes-per-token): the KV transfer takes no time');

@@ -1,5 +1,6 @@
 // Reads the resolved card files once and pairs each with its BLAKE3 checksum for the ModelDeploymentCard.
 import { readFile } from 'node:fs/promises';
+import { ConfigError } from '../config-error.js';
 import { CARD_FILE_NAMES, type CardFileKind, type ModelFiles } from './resolve-model.js';
 
 export interface CheckedCardFile {
@@ -27,7 +28,7 @@ export async function checkedFiles(
       const buf = await readFile(path);
       bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
     } catch (err) {
-      throw new Error(`cannot read model file ${path}: ${err instanceof Error ? err.message : String(err)}`);
+      throw new ConfigError('--model-path', `cannot read model file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
     const hex = blake3Hex(bytes);
     if (!/^[0-9a-f]{64}$/.test(hex)) {

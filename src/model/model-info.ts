@@ -1,5 +1,6 @@
 // Derives context length, vocab size and EOS/BOS ids from a model's card files (Dynamo's rules).
 import { readFileSync } from 'node:fs';
+import { ConfigError } from '../config-error.js';
 import type { KvShape } from '../core/kv-transfer.js';
 import type { CardFileKind, ModelFiles } from './resolve-model.js';
 
@@ -122,7 +123,10 @@ function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Missing files are normal (every file is optional here); unreadable or malformed ones are errors worth stopping for. */
+/**
+ * Missing files are normal (every file is optional here); unreadable or malformed ones are errors worth
+ * stopping for: a ConfigError naming --model-path and the file (the CLI exits 2 with that one line).
+ */
 function readJson(files: ModelFiles, kind: CardFileKind): Json | null {
   const path = files.files.get(kind);
   if (path === undefined) return null;
@@ -131,15 +135,15 @@ function readJson(files: ModelFiles, kind: CardFileKind): Json | null {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new Error(`cannot read ${path}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ConfigError('--model-path', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(sanitizeNonFinite(text));
   } catch (err) {
-    throw new Error(`malformed JSON in ${path}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ConfigError('--model-path', `${path} is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
   }
-  if (!isObject(parsed)) throw new Error(`malformed JSON in ${path}: expected an object at the top level`);
+  if (!isObject(parsed)) throw new ConfigError('--model-path', `${path} is not valid JSON: expected an object at the top level`);
   return parsed;
 }
 

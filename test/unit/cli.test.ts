@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
-import { ENGINE_DEFAULTS, parseWorkerConfig } from '../../src/config.js';
+import { ENGINE_DEFAULTS, levelFromDynLog, parseWorkerConfig } from '../../src/config.js';
 
 async function run(args: string[], env: Record<string, string> = {}) {
   let out = '';
@@ -311,5 +311,97 @@ describe('disaggregation flags', () => {
     const request = (await run(['request', '--help'])).out;
     expect(request).toContain('--disaggregated');
     expect(request).toContain('--prefill-endpoint');
+  });
+});
+
+describe('every environment variable the worker reads is checked (issue 12)', () => {
+  const file = join(dir, 'plain-file');
+  writeFileSync(file, 'x');
+  const v14 = ['--dynamo-version', '1.4'];
+  const refusals: Refusal[] = [
+    [[], { DYN_LOG: 'verbose' }, 'DYN_LOG', /unknown level 'verbose'/],
+    [[], { DYN_LOG: 'dbug,dynamo_runtime=trace' }, 'DYN_LOG', /unknown level 'dbug'/],
+    [[], { DYN_LOG: 'dynamo_runtime' }, 'DYN_LOG', /unknown level/],
+    [[], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: 'soon' }, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', /must be a number/],
+    [[], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: '-1' }, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', /≥ 0/],
+    [[], { DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT: '1e12' }, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', /≤ 2147483/],
+    [[], { DYN_NATS_STREAM_MAX_AGE: '0' }, 'DYN_NATS_STREAM_MAX_AGE', /> 0/],
+    [[], { DYN_NATS_STREAM_MAX_AGE: 'forever' }, 'DYN_NATS_STREAM_MAX_AGE', /must be a number/],
+    [[], { DYN_NATS_STREAM_MAX_AGE: '1e12' }, 'DYN_NATS_STREAM_MAX_AGE', /≤ 9223372036/],
+    [[], { DYN_SYSTEM_ENABLED: 'maybe' }, 'DYN_SYSTEM_ENABLED', /must be a boolean/],
+    [v14, { DYN_ZMQ_BROKER_ENABLED: 'maybe' }, 'DYN_ZMQ_BROKER_ENABLED', /must be a boolean/],
+    [[], { DYN_NAMESPACE: 'Team.A' }, 'DYN_NAMESPACE', /must match/],
+    [v14, { DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: join(file, 'kv') }, 'DYN_FILE_KV', /is not a directory/],
+    [[], { HF_HUB_OFFLINE: 'maybe' }, 'HF_HUB_OFFLINE', /must be a boolean/],
+    [[], { TRANSFORMERS_OFFLINE: '2' }, 'TRANSFORMERS_OFFLINE', /must be a boolean/],
+    [[], { NATS_SERVER: 'http://127.0.0.1:4222' }, 'NATS_SERVER', /nats:\/\/host:port/],
+    [[], { ETCD_ENDPOINTS: '127.0.0.1:2379' }, 'ETCD_ENDPOINTS', /http\(s\):\/\/host:port/],
+    [[], { NATS_AUTH_CREDENTIALS_FILE: join(dir, 'missing.creds') }, 'NATS_AUTH_CREDENTIALS_FILE', /ENOENT/],
+  ];
+  itRefuses(refusals);
+
+  it('a refused URL shows no credentials', async () => {
+    const { code, err } = await run(['--model-path', 'm'], { ETCD_ENDPOINTS: 'ftp://root:hunter2-etcd@127.0.0.1:2379' });
+    expect(code).toBe(2);
+    expect(err).toBe("dynamo-mocker: ETCD_ENDPOINTS: must list http(s)://host:port URLs, got 'ftp://***@127.0.0.1:2379'\n");
+  });
+
+  it('URLs and files of servers the worker does not dial are not its business', () => {
+    const env = { NATS_SERVER: 'bogus', NATS_AUTH_CREDENTIALS_FILE: '/nonexistent', DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: dir };
+    expect(parseWorkerConfig({ modelPath: 'm', dynamoVersion: '1.4' }, [], env).discovery.backend).toBe('file');
+  });
+
+  it.each([
+    [undefined, 'info'],
+    ['', 'info'],
+    ['debug', 'debug'],
+    ['DEBUG', 'debug'],
+    ['warn,dynamo_runtime=trace', 'warn'],
+    ['dynamo_runtime=trace,error', 'error'],
+    ['dynamo_llm=debug', 'info'],
+    ['info,debug', 'info'],
+    ['off', 'silent'],
+    ['4', 'debug'],
+  ])('DYN_LOG=%j logs at %s (the first bare level wins; target=level directives are ignored)', (value, level) => {
+    expect(levelFromDynLog(value)).toBe(level);
+  });
+});
+
+describe('--model-path must name a model (issue 12)', () => {
+  const modelDir = (files: Record<string, string>): string => {
+    const d = mkdtempSync(join(tmpdir(), 'model-'));
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(d, name), text);
+    return d;
+  };
+  const good = { 'config.json': '{"vocab_size": 100}', 'tokenizer.json': '{}', 'tokenizer_config.json': '{}', 'generation_config.json': '{}' };
+  const file = join(dir, 'not-a-model.json');
+  writeFileSync(file, '{}');
+  const empty = modelDir({});
+  const cases: Array<[string, RegExp]> = [
+    [join(dir, 'no', 'such', 'dir'), /does not exist \(and is not a HuggingFace repo id\)/],
+    ['./models/typo', /does not exist/],
+    [file, /is a file, not a model directory/],
+    [empty, /has no config\.json/],
+    [modelDir({ 'tokenizer.json': '{}' }), /has no config\.json/],
+  ];
+  for (const name of Object.keys(good)) {
+    const d = modelDir({ ...good, [name]: '{"truncated": [1, 2' });
+    cases.push([d, new RegExp(`${join(d, name).replace(/[.]/g, '\\.')} is not valid JSON`)]);
+  }
+  for (const [path, message] of cases) {
+    for (const sub of [[], ['replay', '--trace', trace]]) {
+      it(`${sub.length ? 'replay' : 'worker'}: exits 2 naming --model-path for ${path}`, async () => {
+        const { code, err } = await run([...sub, '--model-path', path]);
+        expect(code).toBe(2);
+        expect(err).toMatch(/^dynamo-mocker(?: replay)?: --model-path: /);
+        expect(err).toMatch(message);
+        expect(err.trim().split('\n')).toHaveLength(1);
+      });
+    }
+  }
+
+  it('a complete directory and an uncached repo id are accepted', () => {
+    expect(parseWorkerConfig({ modelPath: modelDir(good) }, [], {}).modelPath).toBeTruthy();
+    expect(parseWorkerConfig({ modelPath: 'acme/not-cached' }, [], { HF_HUB_OFFLINE: '1' }).modelPath).toBe('acme/not-cached');
   });
 });

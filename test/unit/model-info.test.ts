@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { blake3, createBLAKE3 } from 'hash-wasm';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError } from '../../src/config.js';
 import { checkedFiles } from '../../src/model/card-files.js';
 import { DEFAULT_VOCAB_SIZE, readModelInfo } from '../../src/model/model-info.js';
 import { resolveModelFiles, type CardFileKind, type ModelFiles } from '../../src/model/resolve-model.js';
@@ -178,9 +179,10 @@ describe('robustness', () => {
     expect(readModelInfo(files)).toMatchObject({ vocabSize: 100, eosTokenIds: [1] });
   });
 
-  it('malformed JSON throws an Error naming the file', () => {
+  it('malformed JSON throws a ConfigError naming --model-path and the file', () => {
     const files = modelDir({ config: { vocab_size: 100 }, generationConfig: '{"eos_token_id": [1, 2' });
-    expect(() => readModelInfo(files)).toThrow(files.files.get('generationConfig')!);
+    expect(() => readModelInfo(files)).toThrow(ConfigError);
+    expect(() => readModelInfo(files)).toThrow(`--model-path: ${files.files.get('generationConfig')!} is not valid JSON: `);
     expect(() => readModelInfo(modelDir({ tokenizer: '[1, 2]' }))).toThrow(/tokenizer\.json.*object/);
     expect(() => readModelInfo(modelDir({ config: '' }))).toThrow(/config\.json/);
   });
