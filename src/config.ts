@@ -46,6 +46,17 @@ export const WORKER_DEFAULTS = {
   natsStreamMaxAgeS: 3600,
 } as const;
 
+/** Each response stream's backpressure (this mocker's own variables). */
+export const RESPONSE_STREAM_DEFAULTS = {
+  /** DYN_MOCKER_STREAM_BUFFER_BYTES: unsent bytes a response stream may hold before its request pauses. */
+  bufferBytes: 1024 * 1024,
+  /** DYN_MOCKER_STREAM_STALL_TIMEOUT, seconds a request may stay paused on a congested stream before it is cancelled. */
+  stallTimeoutS: 60,
+} as const;
+
+/** DYN_MOCKER_STREAM_BUFFER_BYTES's range: at least one 64 KiB chunk of coalesced frames (see call-home-stream.ts). */
+export const RESPONSE_STREAM_BUFFER_RANGE = { min: 64 * 1024, max: 1024 * 1024 * 1024 } as const;
+
 /** The system status server's defaults (Dynamo's runtime config). */
 export const SYSTEM_SERVER_DEFAULTS = {
   host: '0.0.0.0',
@@ -174,6 +185,14 @@ export interface TcpServerSettings {
   workQueueSize: number;
 }
 
+/** Backpressure on each response stream (DYN_MOCKER_STREAM_*). */
+export interface ResponseStreamSettings {
+  /** Unsent bytes above which the stream is congested and its request pauses. */
+  bufferBytes: number;
+  /** How long a request may stay paused before it is cancelled (its blocks freed), ms. */
+  stallTimeoutMs: number;
+}
+
 export interface DiscoverySettings {
   backend: DiscoveryBackend;
   /** DYN_FILE_KV: root of the file backend. */
@@ -210,6 +229,8 @@ export interface WorkerConfig {
   zmqReplayPorts: number[] | null;
   system: SystemServerSettings;
   gracefulShutdownMs: number;
+  /** DYN_MOCKER_STREAM_BUFFER_BYTES and DYN_MOCKER_STREAM_STALL_TIMEOUT. */
+  responseStream: ResponseStreamSettings;
   natsStreamMaxAgeS: number;
   /** DYN_LOG's level. */
   logLevel: string;
@@ -649,6 +670,14 @@ export function tcpServerSettings(env: Env): TcpServerSettings {
   };
 }
 
+/** DYN_MOCKER_STREAM_BUFFER_BYTES / DYN_MOCKER_STREAM_STALL_TIMEOUT (a timer cannot wait past 2^31 − 1 ms). */
+export function responseStreamSettings(env: Env): ResponseStreamSettings {
+  const { min, max } = RESPONSE_STREAM_BUFFER_RANGE;
+  const bufferBytes = envInteger(env, 'DYN_MOCKER_STREAM_BUFFER_BYTES', min, max) ?? RESPONSE_STREAM_DEFAULTS.bufferBytes;
+  const stallS = envSeconds(env, 'DYN_MOCKER_STREAM_STALL_TIMEOUT', { exclusiveMin: 0, max: Math.floor((2 ** 31 - 1) / 1000) }) ?? RESPONSE_STREAM_DEFAULTS.stallTimeoutS;
+  return { bufferBytes, stallTimeoutMs: stallS * 1000 };
+}
+
 /** A choice given by flag, else by variable, else the default; names its source when refused. */
 function choose<T extends string>(
   raw: RawOptions,
@@ -896,6 +925,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     zmqReplayPorts,
     system,
     gracefulShutdownMs: graceS * 1000,
+    responseStream: responseStreamSettings(env),
     natsStreamMaxAgeS,
     logLevel: levelFromDynLog(env.DYN_LOG),
     deviceType: deviceTypeFromEnv(env),

@@ -242,7 +242,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     });
 
     // 4. Planes: the response plane (call home), the TCP request plane, the 0.6.x event stream.
-    const openSink = callHome(xxh, { sentinelAfterStop: generation.sentinelAfterStop });
+    const openSink = callHome(xxh, { sentinelAfterStop: generation.sentinelAfterStop, bufferBytes: config.responseStream.bufferBytes });
     let tcp: TcpRequestPlane | null = null;
     if (config.requestPlane === 'tcp') {
       const { TcpRequestPlane } = await import('./adapters/tcp-request-plane.js');
@@ -441,6 +441,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     log,
     modelEosTokenIds: shell.model.eosTokenIds,
     openSink: shell.openSink,
+    streamStallTimeoutMs: config.responseStream.stallTimeoutMs,
     now: () => performance.now(),
     observe: metrics.observe,
     disagg: disaggServing,

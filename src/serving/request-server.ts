@@ -2,6 +2,7 @@
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
+import { RESPONSE_STREAM_DEFAULTS } from '../config.js';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { EngineRequest } from '../core/engine.js';
 import { transferDelayMs, type KvTransferSettings } from '../core/kv-transfer.js';
@@ -50,8 +51,13 @@ export interface RequestServerOptions {
   disagg?: DisaggServing;
   /** The worker's fault plan (absent: no faults). */
   faults?: RequestFaults;
-  /** Waits for delayed deliveries (stalled or slowed requests); default real time. */
+  /** Waits for delayed deliveries (stalled or slowed requests) and stall timeouts; default real time. */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /**
+   * How long a request may stay paused on a congested response stream before it is cancelled
+   * (DYN_MOCKER_STREAM_STALL_TIMEOUT; default 60 s).
+   */
+  streamStallTimeoutMs?: number;
   loop: EngineLoop;
   /** One FIFO admission queue per DP rank, concurrency = --max-num-seqs. */
   queues: PQueue[];
@@ -443,12 +449,27 @@ class ActiveRequest {
   /** Deliveries held back by a stall or slow fault, in order. */
   private delivering: Promise<void> = Promise.resolve();
   private kvFault: { release(): void } | null = null;
+  /**
+   * The response stream holds more unsent bytes than its buffer allows: the engine sequence is paused
+   * (it keeps its KV blocks and its slot) and delayed deliveries wait, until the stream drains or the
+   * stall timeout cancels the request.
+   */
+  private congested = false;
+  /** Ends the stall timeout of the current congestion. */
+  private stallTimer: AbortController | null = null;
+  /** Delayed deliveries (stall or slow faults) waiting for the stream to drain. */
+  private readonly drainWaiters: Array<() => void> = [];
 
   constructor(private readonly a: ActiveRequestInit) {
     const { sink } = a;
     a.waiting.add(this);
     sink.onControl((msg) => this.cancel(`frontend sent ${msg}`, () => sink.endStopped()));
     sink.onPeerGone(() => this.cancel('frontend disconnected', () => sink.end()));
+    sink.onDrain(() => this.drained());
+    void this.finished.then(() => {
+      this.stallTimer?.abort();
+      for (const wake of this.drainWaiters.splice(0)) wake();
+    });
     this.done = this.run();
   }
 
@@ -601,7 +622,9 @@ class ActiveRequest {
         this.delivering = this.delivering.then(async () => {
           const wait = at - server.now();
           if (wait > 0) await sleep(wait, this.cancelled.signal).catch(() => {});
-          this.emit(token, at, last);
+          if (!this.congested) return this.emit(token, at, last);
+          await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+          this.emit(token, Math.max(at, server.now()), last);
         });
       },
     };
@@ -628,7 +651,48 @@ class ActiveRequest {
     });
     tracker.responseBytes(sink.sendItem(body));
     if (last) this.end();
-    else this.afterTokensFault(this.generated);
+    else if (!this.afterTokensFault(this.generated)) this.watchCongestion();
+  }
+
+  /**
+   * After a write: a stream over its send buffer pauses the request (its blocks and slot kept, the
+   * rest of the batch unaffected) until it drains; past the stall timeout the request is cancelled.
+   */
+  private watchCongestion(): void {
+    if (this.ended || this.congested || !this.a.sink.congested()) return;
+    const { server, rank } = this.a;
+    this.congested = true;
+    // Not running (a delivery delayed by a fault, after the engine moved on): only deliveries wait.
+    if (this.seq) server.loop.pause(this.seq, rank);
+    const timer = new AbortController();
+    this.stallTimer = timer;
+    const timeoutMs = server.streamStallTimeoutMs ?? RESPONSE_STREAM_DEFAULTS.stallTimeoutS * 1000;
+    (server.sleep ?? realSleep)(timeoutMs, timer.signal).then(
+      () => this.stalled(timeoutMs),
+      () => {}, // drained or ended first
+    );
+  }
+
+  /** The stream sent what it held: the request produces again. */
+  private drained(): void {
+    if (!this.congested || this.ended || this.a.sink.congested()) return;
+    this.congested = false;
+    this.stallTimer?.abort();
+    this.stallTimer = null;
+    if (this.seq) this.a.server.loop.resume(this.seq, this.a.rank);
+    for (const wake of this.drainWaiters.splice(0)) wake();
+  }
+
+  /** Congested past the stall timeout: Dynamo's publish_response error; the connection is dropped and the KV freed. */
+  private stalled(timeoutMs: number): void {
+    if (this.ended || !this.congested) return;
+    const { server, requestId } = this.a;
+    server.metrics.error('publish_response');
+    server.log.warn(
+      { request_id: requestId },
+      `response stream stalled: still over its send buffer after ${timeoutMs / 1000} s (DYN_MOCKER_STREAM_STALL_TIMEOUT); cancelling the request after ${this.generated} tokens`,
+    );
+    this.cancel('response stream stalled', () => this.a.sink.abort());
   }
 
   private usage(): { promptTokens: number; completionTokens: number; cachedTokens: number } {

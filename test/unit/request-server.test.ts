@@ -221,7 +221,7 @@ describe('RequestServer', () => {
     await Promise.all(long);
     for (const sink of h.sinks.slice(1)) {
       expect(sink.shape.slice(-2)).toEqual([expect.stringMatching(/items$/), 'finish']);
-      const last = sink.events.filter((e) => e.kind === 'item').at(-1) as { body: { data: { data: { finish_reason: unknown; token_ids: unknown } } } };
+      const last = sink.events.filter((e) => e.kind === 'item').at(-1) as unknown as { body: { data: { data: { finish_reason: unknown; token_ids: unknown } } } };
       expect(last.body.data.data).toMatchObject({ token_ids: [], finish_reason: { error: 'worker shutting down: graceful shutdown timeout (0 s) reached' } });
     }
     expect(h.sinks[3].tokens).toEqual([]);
