@@ -41,7 +41,10 @@ export type AddResult = { ok: true; seq: Sequence } | { ok: false; reason: strin
 
 export interface SchedulerSnapshot {
   dpRank: number;
+  /** Running requests, paused ones included. */
   running: number;
+  /** Running requests paused by their reader (see Scheduler.pause). */
+  paused: number;
   waiting: number;
   activeBlocks: number;
   inactiveBlocks: number;
@@ -66,6 +69,8 @@ export class Scheduler {
   /** Decode-side handoffs not yet activated, in arrival order: `reserving` (waiting for KV) and `reserved`. */
   private readonly handoffs = new Set<Sequence>();
   private waitingLive = 0;
+  /** Running sequences that are paused. */
+  private pausedCount = 0;
   private readonly hitWindow = new Float64Array(HIT_RATE_WINDOW);
   private hitWindowCount = 0;
   private hitWindowNext = 0;
@@ -139,11 +144,32 @@ export class Scheduler {
     return null;
   }
 
+  /**
+   * Pauses a running sequence, as a stalled consumer stalls a real engine's request: until resumed it
+   * is skipped by scheduling and emission, keeps its KV blocks and its batch slot (it still counts as
+   * running), and is never chosen for preemption. Returns false if it is not running or already paused.
+   */
+  pause(seq: Sequence): boolean {
+    if (seq.status !== 'running' || seq.paused) return false;
+    seq.paused = true;
+    this.pausedCount++;
+    return true;
+  }
+
+  /** Lets a paused sequence run again from the next pass. Returns false if it was not paused. */
+  resume(seq: Sequence): boolean {
+    if (!seq.paused) return false;
+    seq.paused = false;
+    this.pausedCount--;
+    return true;
+  }
+
   /** Stops a request at once and frees its KV blocks (held or reserved ones too). Returns false if it was not live. */
   cancel(seq: Sequence): boolean {
     if (seq.status === 'running') {
       const i = this.running.indexOf(seq);
       if (i >= 0) this.running.splice(i, 1);
+      this.resume(seq);
       this.free(seq);
     } else if (seq.status === 'waiting' || seq.status === 'preempted') {
       this.waitingLive--; // removed lazily when it reaches the head
@@ -228,6 +254,7 @@ export class Scheduler {
     return {
       dpRank: this.dpRank,
       running: this.running.length,
+      paused: this.pausedCount,
       waiting: this.waitingLive,
       activeBlocks: this.pool.activeBlocks,
       inactiveBlocks: this.pool.inactiveBlocks,
@@ -254,14 +281,14 @@ export class Scheduler {
     for (let i = 0; i < order.length; i++) {
       const seq = order[i];
       if (budget <= 0) break;
-      if (seq.status !== 'running') continue;
+      if (seq.status !== 'running' || seq.paused) continue;
       const remaining = seq.knownLength - seq.computed;
       const desired = Math.min(remaining, budget);
       if (desired <= 0) continue;
       if (!this.config.enableChunkedPrefill && Math.max(0, seq.promptLength - seq.computed) > budget) continue;
       while (!this.allocate(seq, seq.computed + desired)) {
         if (order === this.running) order = this.running.slice();
-        const victim = this.config.preemptionMode === 'lifo' ? this.running[this.running.length - 1] : this.running[0];
+        const victim = this.victim();
         budget += victim.passTokens;
         victim.passTokens = 0;
         this.preempt(victim);
@@ -344,7 +371,7 @@ export class Scheduler {
     let kept = 0;
     for (let i = 0; i < running.length; i++) {
       const seq = running[i];
-      if (seq.computed >= seq.knownLength) {
+      if (!seq.paused && seq.computed >= seq.knownLength) {
         contextSum += seq.knownLength;
         const token = seq.drawToken();
         seq.appendToken(token);
@@ -466,6 +493,19 @@ export class Scheduler {
       }
     }
     return true;
+  }
+
+  /** The newest (lifo) or oldest (fifo) running sequence that is not paused. */
+  private victim(): Sequence {
+    const running = this.running;
+    const lifo = this.config.preemptionMode === 'lifo';
+    if (this.pausedCount === 0) return lifo ? running[running.length - 1] : running[0];
+    for (let k = 0; k < running.length; k++) {
+      const seq = running[lifo ? running.length - 1 - k : k];
+      if (!seq.paused) return seq;
+    }
+    // The sequence being scheduled is running and not paused, so one always exists.
+    throw new Error('no preemptable sequence: every running sequence is paused');
   }
 
   /** Recompute-style preemption: free everything and requeue at the head of waiting. */

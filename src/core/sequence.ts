@@ -67,6 +67,11 @@ export class Sequence {
   preemptions = 0;
   /** Tokens scheduled for this sequence in the pass being built (scheduler scratch). */
   passTokens = 0;
+  /**
+   * A running sequence the scheduler skips (Scheduler.pause): its reader stopped consuming. It keeps
+   * its KV blocks and its batch slot, and is never a preemption victim.
+   */
+  paused = false;
   /** Prompt tokens served from the prefix cache at first admission (null before). */
   cachedTokens: number | null = null;
   /** A reserved handoff destination: prompt tokens its reservation did not find cached (they must be transferred). */

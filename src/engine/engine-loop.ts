@@ -117,6 +117,21 @@ export class EngineLoop {
     return cancelled;
   }
 
+  /**
+   * Pauses a running request (its reader stopped consuming): it produces no tokens but keeps its KV
+   * blocks and batch slot until `resume` or `cancel`. False if it is not running or already paused.
+   */
+  pause(seq: Sequence, rank: number): boolean {
+    return this.engine.ranks[rank].pause(seq);
+  }
+
+  /** Lets a paused request produce tokens again from the rank's next pass. */
+  resume(seq: Sequence, rank: number): boolean {
+    const resumed = this.engine.ranks[rank].resume(seq);
+    if (resumed) this.wake(rank);
+    return resumed;
+  }
+
   private capacityFreed(rank: number): void {
     this.retryReservations(rank);
     this.wake(rank);
