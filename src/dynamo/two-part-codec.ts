@@ -51,17 +51,36 @@ export function encodeTwoPart(header: Uint8Array, body: Uint8Array, xxh: Xxh3See
 
 /**
  * Encodes a frame from JSON text, UTF-8-encoding straight into the frame buffer (one allocation;
- * this is the per-token hot path). Pass '' for an empty header or body.
+ * this is the per-token hot path). Pass '' for an empty header or body. The buffer is sized for
+ * ASCII text (JSON usually is), so a frame queued on a socket pins exactly its own size; text with
+ * multi-byte characters is encoded again into a worst-case buffer and copied out at its real size.
  */
 export function encodeTwoPartText(header: string, body: string, xxh: Xxh3Seed0): Uint8Array {
-  // Worst case 3 bytes per UTF-16 code unit; the frame is returned as a trimmed view.
-  const buf = new Uint8Array(TWO_PART_PREFIX_BYTES + 3 * (header.length + body.length));
-  const h = header.length === 0 ? 0 : textEncoder.encodeInto(header, buf.subarray(TWO_PART_PREFIX_BYTES)).written;
-  const b =
-    body.length === 0 ? 0 : textEncoder.encodeInto(body, buf.subarray(TWO_PART_PREFIX_BYTES + h)).written;
+  const exact = new Uint8Array(TWO_PART_PREFIX_BYTES + header.length + body.length);
+  const end = encodeTextInto(exact, header, body, xxh);
+  if (end === exact.length) return exact;
+  // Worst case 3 bytes per UTF-16 code unit.
+  const wide = new Uint8Array(TWO_PART_PREFIX_BYTES + 3 * (header.length + body.length));
+  return wide.slice(0, encodeTextInto(wide, header, body, xxh)!);
+}
+
+/** Writes the frame into `buf`; returns its end, or null when the text does not fit. */
+function encodeTextInto(buf: Uint8Array, header: string, body: string, xxh: Xxh3Seed0): number | null {
+  let h = 0;
+  if (header.length !== 0) {
+    const r = textEncoder.encodeInto(header, buf.subarray(TWO_PART_PREFIX_BYTES));
+    if (r.read < header.length) return null;
+    h = r.written;
+  }
+  let b = 0;
+  if (body.length !== 0) {
+    const r = textEncoder.encodeInto(body, buf.subarray(TWO_PART_PREFIX_BYTES + h));
+    if (r.read < body.length) return null;
+    b = r.written;
+  }
   const end = TWO_PART_PREFIX_BYTES + h + b;
   writePrefix(buf, h, b, xxh.hash0(buf.subarray(TWO_PART_PREFIX_BYTES, end)));
-  return buf.subarray(0, end);
+  return end;
 }
 
 interface Lengths {

@@ -48,7 +48,7 @@ interface Family {
 
 const families = new WeakMap<Registry, Family>();
 
-function rankTotals(src: EngineSource): Array<{ rank: number; active: number; total: number; running: number; waiting: number; hitRate: number; preemptions: number; queries: number; hits: number }> {
+function rankTotals(src: EngineSource): Array<{ rank: number; active: number; total: number; running: number; paused: number; waiting: number; hitRate: number; preemptions: number; queries: number; hits: number }> {
   return src.engine.ranks.map((r, rank) => {
     const s = r.snapshot();
     return {
@@ -56,6 +56,7 @@ function rankTotals(src: EngineSource): Array<{ rank: number; active: number; to
       active: s.activeBlocks,
       total: s.totalBlocks,
       running: s.running,
+      paused: s.paused,
       waiting: s.waiting + src.queued(rank),
       hitRate: s.prefixHitRate,
       preemptions: s.preemptionsTotal,
@@ -119,6 +120,7 @@ function family(registry: Registry, maxModelLen: number, workerLabel: boolean): 
   perRank('dynamo_component_gpu_cache_usage_percent', 'GPU cache usage as a fraction (0.0-1.0), per DP rank', (r) => (r.total ? r.active / r.total : 0));
   perRank('dynamo_component_kv_active_blocks', 'Active KV cache blocks, per DP rank', (r) => r.active);
   perRank('dynamo_component_kv_cache_hit_rate', 'Prefix cache hit rate (0.0-1.0). Portable across engines.', (r) => r.hitRate);
+  perRank('dynamo_mocker_paused_requests', 'Running requests paused because their response stream is congested (backpressure), per DP rank', (r) => r.paused);
 
   const vllmGauge = (name: string, help: string, value: (r: ReturnType<typeof rankTotals>[number]) => number) =>
     new Gauge({

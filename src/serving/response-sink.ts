@@ -16,6 +16,15 @@ export interface ResponseSink {
   endStopped(): void;
   /** Closes the connection mid-stream, no complete_final and no sentinel: a crashed engine, as the frontend sees it. */
   cut(): void;
+  /** Drops the connection at once, unsent frames discarded: a stream that stayed congested past the stall timeout. */
+  abort(): void;
+  /**
+   * True while the frames written but not yet sent exceed the stream's send buffer (the frontend is
+   * not reading fast enough): the request should stop producing until `onDrain` fires.
+   */
+  congested(): boolean;
+  /** Called when a congested stream has sent what it held (it may be called when not congested too). */
+  onDrain(listener: () => void): void;
   /** The frontend sent stop or kill. */
   onControl(listener: (msg: StopMessage) => void): void;
   /** The frontend went away before the stream ended. */

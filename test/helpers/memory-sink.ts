@@ -9,13 +9,16 @@ export type SinkEvent =
   | { kind: 'finish'; at: number }
   | { kind: 'end'; at: number }
   | { kind: 'end-stopped'; at: number }
-  | { kind: 'cut'; at: number };
+  | { kind: 'cut'; at: number }
+  | { kind: 'abort'; at: number };
 
 export class MemorySink implements ResponseSink {
   readonly events: SinkEvent[] = [];
   private control: ((msg: StopMessage) => void) | null = null;
   private gone: (() => void) | null = null;
   private itemListeners: Array<(tokens: number) => void> = [];
+  private drain: (() => void) | null = null;
+  private isCongested = false;
   tokens: number[] = [];
 
   constructor(
@@ -50,6 +53,25 @@ export class MemorySink implements ResponseSink {
 
   cut(): void {
     this.events.push({ kind: 'cut', at: this.now() });
+  }
+
+  abort(): void {
+    this.events.push({ kind: 'abort', at: this.now() });
+  }
+
+  /** Never congested, unless a test says so with `setCongested`. */
+  congested(): boolean {
+    return this.isCongested;
+  }
+
+  onDrain(listener: () => void): void {
+    this.drain = listener;
+  }
+
+  /** The frontend stops reading (true), or reads everything it was sent (false: the stream drains). */
+  setCongested(on: boolean): void {
+    this.isCongested = on;
+    if (!on) this.drain?.();
   }
 
   onControl(listener: (msg: StopMessage) => void): void {
