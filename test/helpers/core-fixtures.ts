@@ -313,6 +313,11 @@ export interface RouterIndexOptions {
   requireLeafRemoval?: boolean;
   /** Blocks whose removal may name a block this index never saw stored (e.g. before a late subscription). */
   tolerateUnknownRemoval?: (hash: bigint) => boolean;
+  /**
+   * Accept a jump forward in the event ids right before a `cleared` event (events a publisher
+   * dropped and replaced by a republished cache); with checkEventIds, ids must still grow by 1 elsewhere.
+   */
+  gapBeforeCleared?: boolean;
 }
 
 /**
@@ -373,7 +378,8 @@ export class RouterIndex {
 
   apply(e: KvEvent): void {
     const r = this.rank(e.dpRank);
-    if ((this.opts.checkEventIds ?? true) && e.eventId !== r.nextEventId) {
+    const clearedAfterGap = this.opts.gapBeforeCleared === true && e.data.kind === 'cleared' && e.eventId > r.nextEventId;
+    if ((this.opts.checkEventIds ?? true) && e.eventId !== r.nextEventId && !clearedAfterGap) {
       throw new RouterIndexError(`rank ${e.dpRank}: event id ${e.eventId}, expected ${r.nextEventId}`, e);
     }
     r.nextEventId = e.eventId + 1;

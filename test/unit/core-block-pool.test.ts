@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlockPool, PRIVATE_BLOCK_KEY, type CachedBlock } from '../../src/core/kv/block-pool.js';
 import type { KvEvent } from '../../src/core/types.js';
-import { applyEvents, RouterIndex } from '../helpers/core-fixtures.js';
+import { applyEvents, RouterIndex, testRng } from '../helpers/core-fixtures.js';
 
 const h = (...ids: number[]): bigint[] => ids.map((i) => BigInt(i));
 
@@ -463,5 +463,95 @@ describe('router index fixture', () => {
     const events = [stored(0, null, 1, 2), removed(1, 1)];
     expect(applyEvents(events).orphaningRemovals).toBe(1);
     expect(() => applyEvents(events, new RouterIndex({ requireLeafRemoval: true }))).toThrow();
+  });
+});
+
+describe('BlockPool snapshot (a router rebuilds the cache from it)', () => {
+  it('is a cleared event, then every cached block with its parent first, in runs', () => {
+    const pool = new BlockPool(32, true);
+    const a = useChain(pool, [1, 2, 3]).blocks;
+    const b = useChain(pool, [1, 2, 4, 5]).blocks;
+    const c = useChain(pool, [9]).blocks;
+    releaseTailFirst(pool, b);
+    const history = pool.drainEvents();
+    expect(pool.hasPendingEvents).toBe(false);
+    const snapshot = pool.snapshotEvents();
+    expect(summarize(snapshot)).toEqual([
+      ['cleared'],
+      ['stored', null, h(9)],
+      ['stored', null, h(1, 2, 4, 5)],
+      ['stored', 2n, h(3)],
+    ]);
+    // The ids go on from the pool's own.
+    expect(snapshot.map((e) => e.eventId)).toEqual([3, 4, 5, 6]);
+    const index = applyEvents([...history, ...snapshot]);
+    expect(index.hashes().sort()).toEqual(h(1, 2, 3, 4, 5, 9));
+    expect([index.parentOf(3n), index.parentOf(4n), index.parentOf(1n)]).toEqual([2n, 2n, null]);
+    // The snapshot is independent of what came before it and takes nothing from the pool.
+    expect(new RouterIndex({ gapBeforeCleared: true }).applyEvents(snapshot).hashes().sort()).toEqual(h(1, 2, 3, 4, 5, 9));
+    expect([pool.activeBlocks, pool.inactiveBlocks]).toEqual([4, 2]);
+    releaseTailFirst(pool, a);
+    releaseTailFirst(pool, c);
+  });
+
+  it('splits long runs, each part under the last block of the one before', () => {
+    const pool = new BlockPool(8, true);
+    useChain(pool, [1, 2, 3, 4, 5]);
+    pool.drainEvents();
+    expect(summarize(pool.snapshotEvents(2))).toEqual([['cleared'], ['stored', null, h(1, 2)], ['stored', 2n, h(3, 4)], ['stored', 4n, h(5)]]);
+  });
+
+  it('leaves out a block whose parent was evicted (no prefix lookup can reach it) and refuses undrained events', () => {
+    const pool = new BlockPool(3, true);
+    const { blocks } = useChain(pool, [1, 2]);
+    // Parent first: block 1 is the least recently freed and goes first.
+    pool.release(blocks[0]);
+    pool.release(blocks[1]);
+    expect(pool.allocateSlots(2)).toBe(true);
+    expect(pool.hasPendingEvents).toBe(true);
+    expect(() => pool.snapshotEvents()).toThrow(/undrained/);
+    expect(summarize(pool.drainEvents())).toEqual([['stored', null, h(1, 2)], ['removed', h(1)]]);
+    expect(pool.lookup(2n)).toBeDefined();
+    expect(summarize(pool.snapshotEvents())).toEqual([['cleared']]);
+  });
+
+  it('with prefix caching off is empty', () => {
+    expect(new BlockPool(4, false).snapshotEvents()).toEqual([]);
+  });
+
+  it.each([1, 2, 3, 4, 5])('after a random workload with evictions, equals the reachable cache (seed %i)', (seed) => {
+    const rng = testRng(seed);
+    const pool = new BlockPool(24, true);
+    const history = new RouterIndex();
+    const live: CachedBlock[][] = [];
+    for (let step = 0; step < 300; step++) {
+      if (live.length && (live.length > 3 || rng.chance(0.5))) {
+        const [gone] = live.splice(rng.int(0, live.length - 1), 1);
+        if (rng.chance(0.8)) releaseTailFirst(pool, gone);
+        else for (const b of gone) pool.release(b);
+      } else {
+        // Chains over a small alphabet share prefixes; a block's hash encodes its whole prefix.
+        const length = rng.int(1, 6);
+        const ids: number[] = [];
+        let prefix = 0;
+        for (let i = 0; i < length; i++) ids.push((prefix = prefix * 4 + rng.int(1, 3)));
+        const { ok, blocks } = useChain(pool, ids);
+        if (ok) live.push(blocks);
+      }
+      history.applyEvents(pool.drainEvents());
+    }
+    const reachable = (hash: bigint): boolean => {
+      for (let b = pool.lookup(hash); b; b = b.parent === null ? undefined : pool.lookup(b.parent)) if (b.parent === null) return true;
+      return false;
+    };
+    const cached = history.hashes().filter((x) => pool.lookup(x));
+    expect(cached.length).toBe(history.size());
+    const snapshot = pool.snapshotEvents();
+    const rebuilt = new RouterIndex({ gapBeforeCleared: true }).applyEvents(snapshot);
+    expect(rebuilt.hashes().sort()).toEqual(cached.filter(reachable).sort());
+    for (const x of rebuilt.hashes()) expect(rebuilt.parentOf(x)).toBe(pool.lookup(x)!.parent);
+    // Replayed after the live history, the snapshot leaves the same index.
+    history.applyEvents(snapshot);
+    expect(history.hashes().sort()).toEqual(rebuilt.hashes().sort());
   });
 });

@@ -16,6 +16,8 @@ const NO_EVENTS: KvEvent[] = [];
 export interface CachedBlock {
   readonly hash: bigint;
   readonly tokensHash: bigint;
+  /** The block before this one in its sequence (null for a first block), as its Stored event named it. */
+  readonly parent: bigint | null;
   /**
    * 1 for a real block. A run of consecutive private blocks of one sequence is one entry: they are
    * committed, freed and aged together, and eviction may take part of a run.
@@ -203,12 +205,13 @@ export class BlockPool {
         out.push(this.acquire(hash));
         continue;
       }
-      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], count: 1, owner: -1, start: -1, refCount: 1, freedAt: -1, prev: null, next: null };
+      const parent = i === 0 ? null : hashes[i - 1];
+      const block: CachedBlock = { hash, tokensHash: tokensHashes[i], parent, count: 1, owner: -1, start: -1, refCount: 1, freedAt: -1, prev: null, next: null };
       this.cache.set(hash, block);
       out.push(block);
       if (!run) {
         run = [];
-        runParent = i === 0 ? null : hashes[i - 1];
+        runParent = parent;
       }
       run.push(tokens ? { blockHash: hash, tokensHash: block.tokensHash, tokens: tokens.blockTokens(i) } : { blockHash: hash, tokensHash: block.tokensHash });
     }
@@ -233,6 +236,59 @@ export class BlockPool {
     if (this.lruTail) this.lruTail.next = block;
     else this.lruHead = block;
     this.lruTail = block;
+  }
+
+  /** True while events produced since the last drain wait to be drained. */
+  get hasPendingEvents(): boolean {
+    return this.pending.length > 0;
+  }
+
+  /**
+   * The cache as a router can rebuild it: a `cleared` event, then every cached block in Stored
+   * events, each parent before its children, runs of at most `maxBlocksPerEvent` blocks. A block
+   * whose parent is no longer cached cannot be reached by a prefix lookup and is left out, with its
+   * descendants. The events take the next ids. Call it only with no events pending (right after a
+   * drain), so that the snapshot follows every event already handed out.
+   */
+  snapshotEvents(maxBlocksPerEvent = 128): KvEvent[] {
+    if (this.pending.length) throw new Error('snapshotEvents with undrained events');
+    if (!this.prefixCaching) return NO_EVENTS;
+    this.emit({ kind: 'cleared' });
+    // hash → whether the block was announced (true) or is unreachable (false).
+    const seen = new Map<bigint, boolean>();
+    const chain: CachedBlock[] = [];
+    // Newest first: a leaf usually comes before its ancestors, so one walk up yields its whole run.
+    const cached = [...this.cache.values()];
+    for (let k = cached.length - 1; k >= 0; k--) {
+      const block = cached[k];
+      chain.length = 0;
+      let reachable = true;
+      let parent: bigint | null = null;
+      for (let b: CachedBlock | undefined = block; ; ) {
+        if (b === undefined) {
+          reachable = false;
+          break;
+        }
+        const known = seen.get(b.hash);
+        if (known !== undefined) {
+          reachable = known;
+          parent = b.hash;
+          break;
+        }
+        chain.push(b);
+        if (b.parent === null) break;
+        b = this.cache.get(b.parent);
+      }
+      for (const b of chain) seen.set(b.hash, reachable);
+      if (!reachable) continue;
+      for (let end = chain.length; end > 0; end -= maxBlocksPerEvent) {
+        const run: StoredBlock[] = [];
+        for (let i = end - 1; i >= Math.max(0, end - maxBlocksPerEvent); i--) run.push({ blockHash: chain[i].hash, tokensHash: chain[i].tokensHash });
+        this.emit({ kind: 'stored', parentHash: parent, blocks: run });
+        parent = run[run.length - 1].blockHash;
+      }
+    }
+    return this.drainEvents();
   }
 
   /** Events produced since the last drain, in order. */
@@ -272,7 +328,7 @@ export class BlockPool {
   }
 
   private privateRun(owner: number, start: number, count: number): CachedBlock {
-    return { hash: PRIVATE_BLOCK_KEY, tokensHash: PRIVATE_BLOCK_KEY, count, owner, start, refCount: 1, freedAt: -1, prev: null, next: null };
+    return { hash: PRIVATE_BLOCK_KEY, tokensHash: PRIVATE_BLOCK_KEY, parent: null, count, owner, start, refCount: 1, freedAt: -1, prev: null, next: null };
   }
 
   private evict(count: number): void {
