@@ -74,7 +74,8 @@ function launch(cmd: string, args: string[]): { proc: ChildProcess; output: () =
   return { proc, output: () => out, exited: () => exited };
 }
 
-async function stopProcess(proc: ChildProcess, dir: string): Promise<void> {
+/** Stops the process and removes its data dir (none: keep it). */
+async function stopProcess(proc: ChildProcess, dir: string | null): Promise<void> {
   if (proc.exitCode === null && proc.signalCode === null) {
     const gone = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
     proc.kill('SIGTERM');
@@ -82,10 +83,10 @@ async function stopProcess(proc: ChildProcess, dir: string): Promise<void> {
     await gone;
     clearTimeout(timer);
   }
-  rmSync(dir, { recursive: true, force: true });
+  if (dir !== null) rmSync(dir, { recursive: true, force: true });
 }
 
-async function startWithRetry(start: () => Promise<ServerHandle>): Promise<ServerHandle> {
+async function startWithRetry<T extends ServerHandle>(start: () => Promise<T>): Promise<T> {
   let last: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
@@ -97,23 +98,55 @@ async function startWithRetry(start: () => Promise<ServerHandle>): Promise<Serve
   throw last;
 }
 
-export function startNats(opts: { jetstream?: boolean } = {}): Promise<ServerHandle> {
+/** A nats-server that can be taken down and brought back on the same port with the same JetStream store. */
+export interface NatsHandle extends ServerHandle {
+  /** Stops the server (SIGTERM), keeping its port and store dir for `resume`. */
+  halt(): Promise<void>;
+  /** Starts it again on the same port and store dir; resolves once it accepts connections. */
+  resume(): Promise<void>;
+}
+
+async function launchNats(port: number, dir: string, jetstream: boolean): Promise<ReturnType<typeof launch>> {
+  const args = ['-a', '127.0.0.1', '-p', String(port)];
+  if (jetstream) args.push('-js', '-sd', dir);
+  const p = launch('nats-server', args);
+  try {
+    await waitFor(async () => {
+      if (p.exited()) throw new Error(`nats-server exited: ${p.output()}`);
+      return (!jetstream || /Server is ready/.test(p.output())) && (await canConnect(port));
+    }, { timeoutMs: 10_000, message: `nats-server on ${port}: ${p.output()}` });
+  } catch (err) {
+    await stopProcess(p.proc, null);
+    throw err;
+  }
+  return p;
+}
+
+export function startNats(opts: { jetstream?: boolean } = {}): Promise<NatsHandle> {
+  const jetstream = opts.jetstream !== false;
   return startWithRetry(async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nats-test-'));
     const port = await freePort();
-    const args = ['-a', '127.0.0.1', '-p', String(port)];
-    if (opts.jetstream !== false) args.push('-js', '-sd', dir);
-    const p = launch('nats-server', args);
+    let p: ReturnType<typeof launch>;
     try {
-      await waitFor(async () => {
-        if (p.exited()) throw new Error(`nats-server exited: ${p.output()}`);
-        return (opts.jetstream === false || /Server is ready/.test(p.output())) && (await canConnect(port));
-      }, { timeoutMs: 10_000, message: `nats-server on ${port}: ${p.output()}` });
+      p = await launchNats(port, dir, jetstream);
     } catch (err) {
-      await stopProcess(p.proc, dir);
+      rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    return { url: `nats://127.0.0.1:${port}`, port, pid: p.proc.pid!, stop: () => stopProcess(p.proc, dir) };
+    const handle: NatsHandle = {
+      url: `nats://127.0.0.1:${port}`,
+      port,
+      pid: p.proc.pid!,
+      stop: () => stopProcess(p.proc, dir),
+      halt: () => stopProcess(p.proc, null),
+      resume: async () => {
+        if (p.proc.exitCode === null && p.proc.signalCode === null) throw new Error('nats-server is still running');
+        p = await launchNats(port, dir, jetstream);
+        handle.pid = p.proc.pid!;
+      },
+    };
+    return handle;
   });
 }
 
@@ -183,7 +216,7 @@ export async function startPrometheus(config: string): Promise<ServerHandle & { 
 }
 
 export interface Cluster {
-  nats: ServerHandle;
+  nats: NatsHandle;
   etcd: ServerHandle;
   /** NATS_SERVER and ETCD_ENDPOINTS for a worker or client. */
   env: Record<string, string>;
