@@ -44,6 +44,8 @@ export const WORKER_DEFAULTS = {
   gracefulShutdownS: 30,
   /** DYN_NATS_STREAM_MAX_AGE, seconds. */
   natsStreamMaxAgeS: 3600,
+  /** DYN_MOCKER_KV_OUTBOX_EVENTS: 0.6.x KV events held for JetStream before the outbox gives up and republishes the cache. */
+  kvOutboxEvents: 10_000,
 } as const;
 
 /** Each response stream's backpressure (this mocker's own variables). */
@@ -232,6 +234,8 @@ export interface WorkerConfig {
   /** DYN_MOCKER_STREAM_BUFFER_BYTES and DYN_MOCKER_STREAM_STALL_TIMEOUT. */
   responseStream: ResponseStreamSettings;
   natsStreamMaxAgeS: number;
+  /** DYN_MOCKER_KV_OUTBOX_EVENTS. */
+  kvOutboxEvents: number;
   /** DYN_LOG's level. */
   logLevel: string;
   /** What the Endpoint record says this worker runs on (Dynamo's rule, from the CUDA variables). */
@@ -900,6 +904,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) }) ?? WORKER_DEFAULTS.gracefulShutdownS;
   // JetStream's max_age is i64 nanoseconds.
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0, max: 9_223_372_036 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
+  const kvOutboxEvents = envInteger(env, 'DYN_MOCKER_KV_OUTBOX_EVENTS', 1, 10_000_000) ?? WORKER_DEFAULTS.kvOutboxEvents;
   const controlApi = { enabled: raw.enableControlApi === true, token: nonEmpty(env.DYN_MOCKER_CONTROL_TOKEN) ?? null };
   if (controlApi.enabled && !system.enabled) {
     throw new ConfigError('--enable-control-api', 'needs the system status server it is served on (set DYN_SYSTEM_PORT)');
@@ -927,6 +932,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     gracefulShutdownMs: graceS * 1000,
     responseStream: responseStreamSettings(env),
     natsStreamMaxAgeS,
+    kvOutboxEvents,
     logLevel: levelFromDynLog(env.DYN_LOG),
     deviceType: deviceTypeFromEnv(env),
     selfHostMetadata: dynamoVersion === '1.4' && envBool(env, 'DYN_SELF_HOST_METADATA', true),

@@ -375,6 +375,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
           totalSlots: config.engine.maxNumSeqs,
           log,
           faults: faults ?? undefined,
+          kvOutboxLimit: config.kvOutboxEvents,
         })
       : null;
   const vllm = config.zmqKvEventsPorts

@@ -8,13 +8,17 @@ import { DEFAULT_NATS_SERVER, ServerUrlError, parseNatsServers } from './server-
 
 export { ConnectionError };
 
+/** Delay between reconnect attempts to one server, plus nats.js's jitter of up to 100 ms. */
+export const RECONNECT_WAIT_MS = 250;
+
 /**
  * `NATS_SERVER` (default nats://localhost:4222, comma-separated list allowed, each must be nats://);
  * auth from the first of NATS_AUTH_USERNAME+NATS_AUTH_PASSWORD, NATS_AUTH_TOKEN, NATS_AUTH_NKEY,
  * NATS_AUTH_CREDENTIALS_FILE (Dynamo's order), else user info in the URL, else none. Dynamo's Rust
  * client sends user/user when nothing is set; that is only harmless on an auth-less server, so it is
  * not imitated. At start-up there is no reconnect loop: an unreachable server fails within
- * `timeoutMs`. Once connected, the client reconnects forever (as async-nats does).
+ * `timeoutMs`. Once connected, the client reconnects forever (as async-nats does), trying every
+ * RECONNECT_WAIT_MS.
  */
 export async function connectNats(env: Env, opts: { timeoutMs?: number } = {}): Promise<NatsConnection> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -35,6 +39,9 @@ export async function connectNats(env: Env, opts: { timeoutMs?: number } = {}): 
     waitOnFirstConnect: false,
     reconnect: true,
     maxReconnectAttempts: -1,
+    // nats.js waits 2 s between attempts by default; a worker should be back within a fraction of a
+    // second of the server (its KV events, load and requests wait for it).
+    reconnectTimeWait: RECONNECT_WAIT_MS,
     name: 'dynamo-mocker',
   };
   try {

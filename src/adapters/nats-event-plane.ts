@@ -1,5 +1,6 @@
-// The 0.6.x event plane over NATS: KV events on the component's JetStream stream, LoadEvents on core NATS.
-import type { JetStreamClient, NatsConnection } from 'nats';
+// The 0.6.x event plane over NATS: KV events on the component's JetStream stream (through an outbox that
+// survives NATS outages), LoadEvents on core NATS.
+import type { NatsConnection } from 'nats';
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { PublisherFaults } from '../faults/worker-faults.js';
@@ -8,6 +9,8 @@ import type { PassResult } from '../core/scheduler.js';
 import type { KvEvent } from '../core/types.js';
 import { loadEventJson, routerEventJson, type RankLoad } from '../dynamo/event-messages.js';
 import type { EngineLoopHooks } from '../engine/engine-loop.js';
+import { KvEventOutbox } from './kv-event-outbox.js';
+import { natsLink } from './nats-link.js';
 import { RankDebounce } from './rank-debounce.js';
 
 /** Creates the stream if absent: subjects `{stream}.*`, `max_age` in seconds (DYN_NATS_STREAM_MAX_AGE). */
@@ -29,37 +32,25 @@ export async function ensureKvEventStream(nc: NatsConnection, stream: string, ma
   }
 }
 
-class KvEventPublisher {
-  private readonly js: JetStreamClient;
-  private readonly encoder = new TextEncoder();
-  private tail: Promise<unknown> = Promise.resolve();
+/** How long a stopping worker waits for JetStream to acknowledge the KV events still in its outbox. */
+const KV_FLUSH_TIMEOUT_MS = 2000;
 
-  constructor(
-    nc: NatsConnection,
-    private readonly subject: string,
-    private readonly workerId: bigint,
-    private readonly log: Logger,
-  ) {
-    this.js = nc.jetstream();
-  }
-
-  /**
-   * Publishes a pass's events. Publishes go out on one connection in call order, so the stream
-   * keeps the pool's order; acks are awaited in the background only to report failures.
-   */
-  publish(events: readonly KvEvent[]): void {
-    for (const event of events) {
-      const ack = this.js.publish(this.subject, this.encoder.encode(routerEventJson(this.workerId, event)));
-      this.tail = ack.catch((err: Error) => {
-        this.log.warn(`KV event publish failed: ${err.message}`);
-      });
-    }
-  }
-
-  /** Waits for the acks of everything published so far. */
-  async flush(): Promise<void> {
-    await this.tail;
-  }
+/** KV events to JetStream through a bounded, ordered outbox that survives NATS outages (kv-event-outbox.ts). */
+function kvEventPublisher(o: JetStreamEventOptions & { kvSubject: string }): KvEventOutbox {
+  const js = o.nats.jetstream();
+  const encoder = new TextEncoder();
+  return new KvEventOutbox({
+    publish: (data, msgID) => js.publish(o.kvSubject, data, { msgID }),
+    encode: (event) => encoder.encode(routerEventJson(o.workerId, event)),
+    link: natsLink(o.nats),
+    ranks: o.engine.ranks.length,
+    snapshot: (rank) => {
+      const pool = o.engine.ranks[rank].pool;
+      return pool.hasPendingEvents ? null : pool.snapshotEvents();
+    },
+    log: o.log,
+    limit: o.kvOutboxLimit,
+  });
 }
 
 export interface JetStreamEventOptions {
@@ -77,11 +68,13 @@ export interface JetStreamEventOptions {
   log: Logger;
   /** A fault plan's load and KV-event faults (`gap` has no meaning for 0.6.x event ids and is ignored). */
   faults?: PublisherFaults;
+  /** Events the KV outbox holds at most (DYN_MOCKER_KV_OUTBOX_EVENTS). */
+  kvOutboxLimit: number;
 }
 
 /** One worker's 0.6.x events as engine-loop hooks: KV events at each pass start, load on every change. */
-export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks & { stop(): Promise<void> } {
-  const kv = o.kvSubject !== null ? new KvEventPublisher(o.nats, o.kvSubject, o.workerId, o.log) : null;
+export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks & { stop(): Promise<void>; kvOutbox: KvEventOutbox | null } {
+  const kv = o.kvSubject !== null ? kvEventPublisher({ ...o, kvSubject: o.kvSubject }) : null;
   const encoder = new TextEncoder();
   // Dynamo publishes 1 ms after the active blocks or the waiting count change.
   const load = new RankDebounce<RankLoad>({
@@ -105,6 +98,11 @@ export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks &
     },
   });
   o.faults?.load.onResume(() => o.engine.ranks.forEach((_, rank) => load.publishNow(rank)));
+  // Load published while NATS was down is lost (nats.js drops what it buffered when it redials): the
+  // router gets every rank's current load as soon as the connection is back.
+  const unlisten = natsLink(o.nats).onChange((up) => {
+    if (up) o.engine.ranks.forEach((_, rank) => load.publishNow(rank));
+  });
   o.queues.forEach((queue, rank) => {
     queue.on('add', () => load.changed(rank));
     queue.on('next', () => load.changed(rank));
@@ -112,19 +110,22 @@ export function jetstreamEventHooks(o: JetStreamEventOptions): EngineLoopHooks &
   });
   return {
     onPassStart: (rank: number, result: PassResult) => {
-      if (kv && result.kvEvents.length) {
+      // Called on every pass, even without events: a rank waiting to republish its cache does it at a pass start.
+      if (kv) {
         const faults = o.faults?.kv;
-        if (faults?.active) {
-          const { now } = faults.apply(rank, result.kvEvents, (ms, later) => setTimeout(() => kv.publish(later), ms).unref());
-          if (now.length) kv.publish(now);
-        } else kv.publish(result.kvEvents);
+        if (faults?.active && result.kvEvents.length) {
+          const { now } = faults.apply(rank, result.kvEvents, (ms, later) => setTimeout(() => kv.publish(rank, later), ms).unref());
+          if (now.length) kv.publish(rank, now);
+        } else kv.publish(rank, result.kvEvents);
       }
       load.changed(rank);
     },
     onPassEnd: (rank: number) => load.changed(rank),
     stop: async () => {
       load.stop();
-      await kv?.flush();
+      unlisten();
+      await kv?.close(KV_FLUSH_TIMEOUT_MS);
     },
+    kvOutbox: kv,
   };
 }
