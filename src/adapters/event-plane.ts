@@ -5,6 +5,7 @@ import type { Publisher as ZmqPublisher } from 'zeromq';
 import type { EndpointId } from '../config.js';
 import { endpointSubjectPrefix, eventSubject, zmqFrames, type EventTransportRecord } from '../dynamo/event-plane-wire.js';
 import { advertisedHost, hostPort } from './local-ip.js';
+import { natsLink } from './nats-link.js';
 
 /** One publisher's way out: what its EventChannel record advertises, and how an envelope leaves. */
 export interface EventSink {
@@ -16,11 +17,22 @@ export interface EventSink {
 export interface EventTransport {
   /** A sink for one publisher of `topic` at the endpoint's scope. */
   open(ep: EndpointId, topic: string): Promise<EventSink>;
+  /**
+   * Transports that lose messages while their connection is down (core NATS) call `listener` each
+   * time it is back; returns the function that removes it.
+   */
+  onReconnect?(listener: () => void): () => void;
 }
 
-/** Core-NATS publish of the envelope bytes to `namespace.{ns}.component.{cp}.endpoint.{ep}.{topic}`. */
+/**
+ * Core-NATS publish of the envelope bytes to `namespace.{ns}.component.{cp}.endpoint.{ep}.{topic}`.
+ * While the connection is down nats.js buffers publishes but drops the buffer at each redial, and a
+ * router's subscription is down too: what is published then is lost, which routers see as a gap in
+ * the event ids. `onReconnect` lets the publishers republish their state once the connection is back.
+ */
 export function natsEventTransport(nc: NatsConnection): EventTransport {
   return {
+    onReconnect: (listener) => natsLink(nc).onChange((up) => up && listener()),
     async open(ep, topic) {
       const subject = eventSubject(ep, topic);
       return {

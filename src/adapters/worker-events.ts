@@ -17,6 +17,12 @@ import type { PublisherFaults } from '../faults/worker-faults.js';
 /** Dynamo's IDLE_HEARTBEAT_INTERVAL: an idle rank reports an all-zero pass this often. */
 export const FPM_HEARTBEAT_MS = 1000;
 
+/**
+ * After the event plane's connection comes back (core NATS), each KV publisher republishes its rank's
+ * cache this much later: long enough for routers, which lost their subscriptions too, to be back.
+ */
+export const KV_RESYNC_DELAY_MS = 500;
+
 /** Dynamo 1.4's `discovery_safe_publisher_id`: random, masked to 53 bits so it survives JSON readers. */
 function publisherId(): bigint {
   return randomBytes(8).readBigUInt64BE(0) & ((1n << 53n) - 1n);
@@ -72,6 +78,10 @@ export class WorkerEvents {
   private wire: Wire | null = null;
   private ready = false;
   private stopped = false;
+  /** Ranks that republish their cache (cleared, then stores) as soon as their pool has no undrained events. */
+  private readonly resyncing: boolean[];
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private unlistenReconnect: (() => void) | null = null;
 
   constructor(private readonly o: WorkerEventsOptions) {
     const ranks = o.engine.ranks.length;
@@ -79,6 +89,7 @@ export class WorkerEvents {
     this.pendingKv = Array.from({ length: ranks }, () => []);
     this.fpmCounters = Array.from({ length: ranks }, () => 0);
     this.heartbeats = Array.from({ length: ranks }, () => null);
+    this.resyncing = Array.from({ length: ranks }, () => false);
     this.loads = new RankDebounce({
       ranks,
       read: (rank) => o.engine.ranks[rank].pool.activeBlocks,
@@ -95,7 +106,9 @@ export class WorkerEvents {
     for (const rank of o.engine.ranks) rank.collectForwardPass = true;
     this.hooks = {
       onPassStart: (rank, result) => {
-        if (o.kvEvents && result.kvEvents.length) this.kvEventsOf(rank, result.kvEvents);
+        // A rank that republishes its cache now has this pass's events in the snapshot.
+        const republished = this.resyncing[rank] && this.resync(rank);
+        if (!republished && o.kvEvents && result.kvEvents.length) this.kvEventsOf(rank, result.kvEvents);
         this.loadChanged(rank);
       },
       onPassEnd: (rank, result) => {
@@ -136,10 +149,43 @@ export class WorkerEvents {
       this.loads.publishNow(rank);
       this.armHeartbeat(rank);
     }
+    this.unlistenReconnect = transport.onReconnect?.(() => this.reconnected()) ?? null;
+  }
+
+  /**
+   * The connection is back after an outage in which envelopes may have been lost (a router would see
+   * a gap in the event ids and clear the rank, and with nothing published after the outage it would
+   * not even see that). Loads go out at once; a moment later each rank publishes a `cleared` event
+   * and its whole cache as stores, with the next event ids, so a router converges on the cache.
+   */
+  private reconnected(): void {
+    if (this.stopped) return;
+    for (let rank = 0; rank < this.o.engine.ranks.length; rank++) this.loads.publishNow(rank);
+    if (!this.o.kvEvents) return;
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    this.resyncTimer = setTimeout(() => {
+      this.resyncTimer = null;
+      for (let rank = 0; rank < this.resyncing.length; rank++) {
+        this.resyncing[rank] = true;
+        this.resync(rank);
+      }
+    }, KV_RESYNC_DELAY_MS);
+    this.resyncTimer.unref();
+  }
+
+  /** Republishes the rank's cache if its pool has handed out every event (else at its next pass start). */
+  private resync(rank: number): boolean {
+    const pool = this.o.engine.ranks[rank].pool;
+    if (this.stopped || pool.hasPendingEvents) return false;
+    this.resyncing[rank] = false;
+    this.publishKv(rank, pool.snapshotEvents());
+    return true;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unlistenReconnect?.();
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
     for (const t of this.heartbeats) if (t) clearTimeout(t);
     this.loads.stop();
     await Promise.all([...this.kv, this.load, this.fpm].map((p) => p?.sink.close()));
