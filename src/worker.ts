@@ -25,6 +25,7 @@ import { EngineLoop, combineHooks } from './engine/engine-loop.js';
 import type { EventTransport } from './adapters/event-plane.js';
 import { createBlake3Hex, createXxh3, type Xxh3Hasher } from './hashing/xxh3.js';
 import { HealthState } from './metrics/health.js';
+import { WarningLimiter } from './log-limiter.js';
 import { NO_REQUEST_METRICS, type RequestMetrics } from './metrics/request-metrics.js';
 import type { WorkerMetrics } from './metrics/worker-metrics.js';
 import { checkedFiles } from './model/card-files.js';
@@ -88,6 +89,8 @@ interface Shell {
   /** 1.x: the process's event-plane transport, made when the first worker's publishers start. */
   eventTransport: () => Promise<EventTransport>;
   onLost: (reason: string) => void;
+  /** Rate-limits the per-request warning lines of every worker. */
+  warnings: WarningLimiter;
   /** The control API's view of the workers (--enable-control-api), or null. */
   control: WorkerControl | null;
   exit: (code: number) => void;
@@ -115,6 +118,9 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
   };
 
   const health = new HealthState(config.system.startingStatus, config.numWorkers);
+  // Per-request warnings are rate-limited; what was suppressed is summarised once more at the end.
+  const warnings = new WarningLimiter({ log });
+  closers.push(async () => warnings.stop());
   let resolveStopped!: (o: StopOutcome) => void;
   const stopped = new Promise<StopOutcome>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<StopOutcome> | null = null;
@@ -252,7 +258,8 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       const plane = await TcpRequestPlane.listen({
         settings: config.tcp,
         log,
-        unrouted: (payload, fault) => void refuseUnrouted(payload, fault, { xxh, metrics: unrouted(), log, openSink }),
+        warnings,
+        unrouted: (payload, fault) => void refuseUnrouted(payload, fault, { xxh, metrics: unrouted(), log, openSink, warnings }),
         framingError: () => unrouted().error('invalid_message'),
       });
       tcp = plane;
@@ -295,6 +302,7 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       onLost: (reason) => {
         void stop(`registration lost (${reason})`, true);
       },
+      warnings,
       control,
       exit: io.exit ?? ((code) => process.exit(code)),
       countFault: (kind) => metrics?.countFault(kind),
@@ -440,6 +448,7 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     xxh: shell.xxh,
     metrics: metrics.request,
     log,
+    warnings: shell.warnings,
     modelEosTokenIds: shell.model.eosTokenIds,
     openSink: shell.openSink,
     streamStallTimeoutMs: config.responseStream.stallTimeoutMs,

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { TcpServerSettings } from '../config.js';
 import { TCP_ACK, TcpRequestDecoder } from '../dynamo/tcp-request-codec.js';
 import type { TransportFault } from '../serving/request-server.js';
+import { limitedWarn, reasonOf, type WarningLimiter } from '../log-limiter.js';
 import { advertisedHost, hostPort, primaryLocalIp } from './local-ip.js';
 
 export interface TcpRoute {
@@ -21,6 +22,8 @@ export interface TcpRoute {
 export interface TcpRequestPlaneOptions {
   settings: TcpServerSettings;
   log: Logger;
+  /** Rate-limits the per-connection warnings about unreadable bytes; absent: every line is logged. */
+  warnings?: WarningLimiter;
   /** A request whose path names no endpoint served here: refuse it on its stream if it can be read. */
   unrouted(payload: Uint8Array, fault: TransportFault): void;
   /** A connection closed because its bytes cannot be framed. */
@@ -96,7 +99,8 @@ export class TcpRequestPlane {
         const payload = frame.payload.slice();
         if (frame.headersError && !warnedHeaders) {
           warnedHeaders = true;
-          this.o.log.warn(`ignoring unreadable request headers from ${socket.remoteAddress}:${socket.remotePort} (${frame.headersError})`);
+          const msg = `ignoring unreadable request headers from ${socket.remoteAddress}:${socket.remotePort} (${frame.headersError})`;
+          limitedWarn(this.o.warnings, 'malformed-request', 'unreadable request headers', this.o.log, undefined, msg);
         }
         this.dispatch(frame.path, payload);
         socket.write(TCP_ACK);
@@ -104,7 +108,8 @@ export class TcpRequestPlane {
       if (frames.length > 1) socket.uncork();
       if (decoder.error) {
         this.o.framingError(decoder.error.message);
-        this.o.log.warn(`closing request connection from ${socket.remoteAddress}:${socket.remotePort}: ${decoder.error.message}`);
+        const msg = `closing request connection from ${socket.remoteAddress}:${socket.remotePort}: ${decoder.error.message}`;
+        limitedWarn(this.o.warnings, 'malformed-request', reasonOf(decoder.error.message), this.o.log, undefined, msg);
         socket.destroy();
       }
     });

@@ -24,6 +24,7 @@ import {
 } from '../dynamo/messages.js';
 import { NO_REQUEST_METRICS, type RequestMetrics, type RequestObserver, type RequestTracker, type WorkErrorType } from '../metrics/request-metrics.js';
 import type { OpenSink, ResponseSink } from './response-sink.js';
+import { limitedWarn, reasonOf, type WarningLimiter } from '../log-limiter.js';
 import { deliveryTime, type FaultHit, type RequestFaults } from './request-faults.js';
 
 /** Disaggregated serving: the worker's role and what its KV handoffs need. */
@@ -64,6 +65,8 @@ export interface RequestServerOptions {
   xxh: Xxh3Seed0;
   metrics: RequestMetrics;
   log: Logger;
+  /** Rate-limits the per-request warning lines (malformed frames, refusals); absent: every line is logged. */
+  warnings?: WarningLimiter;
   /** EOS ids from the model's files; never emitted. */
   modelEosTokenIds: readonly number[];
   /** Opens the reply stream named by a request's control header. */
@@ -135,7 +138,14 @@ export interface ControlOutcome {
  * Decodes a request payload (a TwoPart message) down to its control header. Returns null when the
  * caller cannot be told anything (no readable control header); the error is then counted and logged.
  */
-export function decodeRequestFrame(payload: Uint8Array, xxh: Xxh3Seed0, metrics: Pick<RequestMetrics, 'error'>, log: Logger): ControlOutcome | null {
+export function decodeRequestFrame(
+  payload: Uint8Array,
+  xxh: Xxh3Seed0,
+  metrics: Pick<RequestMetrics, 'error'>,
+  log: Logger,
+  warnings?: WarningLimiter,
+): ControlOutcome | null {
+  const dropped = (reason: string, msg: string): void => limitedWarn(warnings, 'malformed-request', reason, log, undefined, msg);
   let frame;
   // A frame whose only fault is its checksum still names its caller: it is refused on its stream
   // rather than dropped, so the frontend does not wait for a call home that never comes.
@@ -145,7 +155,7 @@ export function decodeRequestFrame(payload: Uint8Array, xxh: Xxh3Seed0, metrics:
   } catch (err) {
     metrics.error('invalid_message');
     if (!(err instanceof TwoPartError && err.kind === 'checksum')) {
-      log.warn(`dropping malformed request frame: ${(err as Error).message}`);
+      dropped(reasonOf((err as Error).message), `dropping malformed request frame: ${(err as Error).message}`);
       return null;
     }
     checksumError = err.message;
@@ -155,10 +165,10 @@ export function decodeRequestFrame(payload: Uint8Array, xxh: Xxh3Seed0, metrics:
   try {
     control = parseRequestControl(frame.header);
   } catch (err) {
-    if (checksumError !== null) log.warn(`dropping malformed request frame: ${checksumError}`);
+    if (checksumError !== null) dropped(reasonOf(checksumError), `dropping malformed request frame: ${checksumError}`);
     else {
       metrics.error('deserialization');
-      log.warn(`dropping request with a bad control header: ${(err as Error).message}`);
+      dropped('bad control header', `dropping request with a bad control header: ${(err as Error).message}`);
     }
     return null;
   }
@@ -174,19 +184,20 @@ export function decodeRequestFrame(payload: Uint8Array, xxh: Xxh3Seed0, metrics:
 export async function refuseUnrouted(
   payload: Uint8Array,
   { type, message }: TransportFault,
-  o: Pick<RequestServerOptions, 'xxh' | 'metrics' | 'log' | 'openSink'>,
+  o: Pick<RequestServerOptions, 'xxh' | 'metrics' | 'log' | 'openSink' | 'warnings'>,
 ): Promise<void> {
   o.metrics.error(type);
   // Only the fault is counted: what else is wrong with a frame that reached no worker is moot.
-  const decoded = decodeRequestFrame(payload, o.xxh, NO_REQUEST_METRICS, o.log);
-  o.log.warn({ request_id: decoded?.control.id }, `refusing request: ${message}`);
+  const decoded = decodeRequestFrame(payload, o.xxh, NO_REQUEST_METRICS, o.log, o.warnings);
+  limitedWarn(o.warnings, 'refusal', reasonOf(message), o.log, { request_id: decoded?.control.id }, `refusing request: ${message}`);
   if (decoded === null) return;
   try {
     const sink = await o.openSink(decoded.control.connectionInfo);
     sink.sendPrologue(message);
     sink.end();
   } catch (err) {
-    o.log.warn({ request_id: decoded.control.id }, (err as Error).message);
+    const text = (err as Error).message;
+    limitedWarn(o.warnings, 'response-stream', reasonOf(text), o.log, { request_id: decoded.control.id }, text);
   }
 }
 
@@ -300,7 +311,7 @@ export class RequestServer {
     const tracker = o.metrics.begin(payload.length);
     this.counts.received++;
     try {
-      const decoded = decodeRequestFrame(payload, o.xxh, o.metrics, o.log);
+      const decoded = decodeRequestFrame(payload, o.xxh, o.metrics, o.log, o.warnings);
       if (decoded === null) return;
       const { control } = decoded;
       // The body is read before the stream opens: a fault may decide it never opens.
@@ -331,14 +342,15 @@ export class RequestServer {
         sink = await o.openSink(control.connectionInfo);
       } catch (err) {
         o.metrics.error('response_stream');
-        o.log.warn({ request_id: control.id }, (err as Error).message);
+        const text = (err as Error).message;
+        limitedWarn(o.warnings, 'response-stream', reasonOf(text), o.log, { request_id: control.id }, text);
         return;
       }
       /** `type` null: the error was already counted. */
       const refuse = (type: WorkErrorType | null, message: string): void => {
         this.counts.refused++;
         if (type !== null) o.metrics.error(type);
-        o.log.warn({ request_id: control.id }, `refusing request: ${message}`);
+        limitedWarn(o.warnings, 'refusal', reasonOf(message), o.log, { request_id: control.id }, `refusing request: ${message}`);
         sink.sendPrologue(message);
         sink.end();
       };
