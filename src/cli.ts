@@ -98,7 +98,11 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--bootstrap-ports <ports>', "prefill workers: the bootstrap (handoff) server's port, one per worker (default: none, no bootstrap sessions)")
     .option('--faults <file.json>', 'fault plan: scripted, seeded faults per request (refuse, error, cut, stall, slow, no_stream, crash, deregister, kv_events, load_metrics) (default: none)')
     .option('--enable-control-api', 'serve the runtime control API under /mocker/ on the system status server (DYN_MOCKER_CONTROL_TOKEN: bearer token) (default: off)')
-    .option('--migration-limit <n>', `migration_limit in the card: how often a frontend may move a broken stream to another worker${d(WORKER_DEFAULTS.migrationLimit)}`);
+    .option('--migration-limit <n>', `migration_limit in the card: how often a frontend may move a broken stream to another worker${d(WORKER_DEFAULTS.migrationLimit)}`)
+    .option(
+      '--on-lease-loss <action>',
+      `when the etcd lease is lost: exit (code 1, as Dynamo) or reregister (a new lease and records once etcd answers; in-flight requests go on)${d(WORKER_DEFAULTS.onLeaseLoss)}`,
+    );
   addEngineOptions(program);
   addKvTransferOptions(program);
   program.action(async (opts: RawOptions) => {

@@ -44,6 +44,8 @@ export const WORKER_DEFAULTS = {
   gracefulShutdownS: 30,
   /** DYN_NATS_STREAM_MAX_AGE, seconds. */
   natsStreamMaxAgeS: 3600,
+  /** --on-lease-loss: what a worker does when its etcd lease is lost; Dynamo's workers exit. */
+  onLeaseLoss: 'exit' as LeaseLossAction,
   /** DYN_MOCKER_KV_OUTBOX_EVENTS: 0.6.x KV events held for JetStream before the outbox gives up and republishes the cache. */
   kvOutboxEvents: 10_000,
 } as const;
@@ -113,6 +115,9 @@ const MAX_REPLAY_POOL = 4096;
 export type DynamoVersion = '0.6.0' | '0.6.1' | '1.4';
 export const DYNAMO_VERSIONS: readonly DynamoVersion[] = ['0.6.1', '0.6.0', '1.4'];
 export type DiscoveryBackend = 'etcd' | 'file';
+/** exit: stop (exit code 1), as Dynamo does; reregister: register again with a new lease once etcd answers. */
+export type LeaseLossAction = 'exit' | 'reregister';
+export const LEASE_LOSS_ACTIONS: readonly LeaseLossAction[] = ['exit', 'reregister'];
 export type RequestPlaneKind = 'nats' | 'tcp';
 export type EventPlaneKind = 'nats' | 'zmq';
 
@@ -231,6 +236,8 @@ export interface WorkerConfig {
   zmqReplayPorts: number[] | null;
   system: SystemServerSettings;
   gracefulShutdownMs: number;
+  /** --on-lease-loss. */
+  onLeaseLoss: LeaseLossAction;
   /** DYN_MOCKER_STREAM_BUFFER_BYTES and DYN_MOCKER_STREAM_STALL_TIMEOUT. */
   responseStream: ResponseStreamSettings;
   natsStreamMaxAgeS: number;
@@ -902,6 +909,10 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   if (zmqKvEventsPorts && disagg.workerType === 'decode') throw new ConfigError('--zmq-kv-events-ports', 'decode workers publish no KV events');
   // A timer cannot wait past 2^31 − 1 ms (Node would fire it at once).
   const graceS = envSeconds(env, 'DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT', { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) }) ?? WORKER_DEFAULTS.gracefulShutdownS;
+  const onLeaseLoss = raw.onLeaseLoss === undefined ? WORKER_DEFAULTS.onLeaseLoss : asString('--on-lease-loss', raw.onLeaseLoss).toLowerCase();
+  if (!LEASE_LOSS_ACTIONS.includes(onLeaseLoss as LeaseLossAction)) {
+    throw new ConfigError('--on-lease-loss', `must be one of ${LEASE_LOSS_ACTIONS.join(', ')}, got '${onLeaseLoss}'`);
+  }
   // JetStream's max_age is i64 nanoseconds.
   const natsStreamMaxAgeS = envSeconds(env, 'DYN_NATS_STREAM_MAX_AGE', { exclusiveMin: 0, max: 9_223_372_036 }) ?? WORKER_DEFAULTS.natsStreamMaxAgeS;
   const kvOutboxEvents = envInteger(env, 'DYN_MOCKER_KV_OUTBOX_EVENTS', 1, 10_000_000) ?? WORKER_DEFAULTS.kvOutboxEvents;
@@ -930,6 +941,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     zmqReplayPorts,
     system,
     gracefulShutdownMs: graceS * 1000,
+    onLeaseLoss: onLeaseLoss as LeaseLossAction,
     responseStream: responseStreamSettings(env),
     natsStreamMaxAgeS,
     kvOutboxEvents,

@@ -88,7 +88,8 @@ interface Shell {
   kvStream: string | null;
   /** 1.x: the process's event-plane transport, made when the first worker's publishers start. */
   eventTransport: () => Promise<EventTransport>;
-  onLost: (reason: string) => void;
+  /** Worker `index`, instance `instanceHex`, lost its registration (its etcd lease). */
+  onLost: (reason: string, index: number, instanceHex: string) => void;
   /** Rate-limits the per-request warning lines of every worker. */
   warnings: WarningLimiter;
   /** The control API's view of the workers (--enable-control-api), or null. */
@@ -299,7 +300,20 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
           ? (await import('./adapters/event-plane.js')).natsEventTransport(nats!)
           : (await import('./adapters/event-plane.js')).zmqEventTransport(log, config.eventPlaneHost ?? undefined),
       ),
-      onLost: (reason) => {
+      onLost: (reason, index, instanceHex) => {
+        if (stopping !== null) return log.warn(`${reason} (while stopping)`);
+        if (config.onLeaseLoss === 'reregister') {
+          const lostWorker = workers.find((w) => w.instanceHex === instanceHex);
+          if (lostWorker) return reregister(lostWorker, reason);
+          // A replacement lost its lease while registering: it is replaced in turn once in place.
+          if (replacingIndex.has(index)) return void lostWhileReplacing.set(instanceHex, { index, reason });
+        }
+        // A worker still starting for the first time is not in `workers` yet: its loss ends the start.
+        // Visible at any DYN_LOG level but off: the process is about to exit with code 1.
+        log.error(
+          `${reason}: the worker's instance and model records are gone or about to go, so the worker stops (exit code 1` +
+            `${config.onLeaseLoss === 'exit' ? '; --on-lease-loss reregister would register it again instead' : ''})`,
+        );
         void stop(`registration lost (${reason})`, true);
       },
       warnings,
@@ -315,8 +329,36 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     }
     checkAbort();
     const workers: StartedWorker[] = [];
+    /** --on-lease-loss reregister: replacements under way, the indices they are for, and losses met while starting one. */
+    const replacing = new Set<Promise<void>>();
+    const replacingIndex = new Set<number>();
+    const lostWhileReplacing = new Map<string, { index: number; reason: string }>();
+    /** Cuts a replacement's wait between two attempts short once the workers stop. */
+    const replacementHalt = new AbortController();
+    const reregister = (lost: StartedWorker, reason: string): void => {
+      replacingIndex.add(lost.index);
+      let placed: StartedWorker | null = null;
+      const replaced = replaceWorker(shell, lost, reason, {
+        running: () => stopping === null,
+        signal: replacementHalt.signal,
+        replace: (fresh) => {
+          workers[workers.indexOf(lost)] = placed = fresh;
+        },
+      });
+      replacing.add(replaced);
+      void replaced.finally(() => {
+        replacing.delete(replaced);
+        replacingIndex.delete(lost.index);
+        const again = placed && lostWhileReplacing.get(placed.instanceHex);
+        for (const [hex, loss] of lostWhileReplacing) if (loss.index === lost.index) lostWhileReplacing.delete(hex);
+        if (placed && again && stopping === null) reregister(placed, again.reason);
+      });
+    };
     // Workers stop together, so N of them drain within one grace period.
-    closers.push(async () => void (await Promise.all(workers.map((w) => w.stop()))));
+    closers.push(async () => {
+      replacementHalt.abort();
+      await Promise.all([...workers.map((w) => w.stop()), ...replacing]);
+    });
     // A worker that lost its registration stops them all: start no more after that.
     for (let i = 0; i < config.numWorkers && stopping === null; i++) {
       workers.push(await startWorker(shell, i));
@@ -334,16 +376,85 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
 }
 
 interface StartedWorker {
+  readonly index: number;
+  /** The instance id (lease id) in hex. */
+  readonly instanceHex: string;
+  /** Requests between their arrival and their last frame. */
+  inflight(): number;
+  /** Stops taking requests, lets in-flight ones finish (up to the grace period), deregisters. Idempotent. */
   stop(): Promise<void>;
+  /** stop(), with the instance leaving /health at once (a replacement under a new id follows). */
+  retire(): Promise<void>;
+  /** Resolves once discovery confirms the worker's records are gone; rejects while it cannot tell. */
+  purge(): Promise<void>;
+}
+
+/** First and longest wait between two attempts to register a worker again. */
+const REREGISTER_RETRY_MS = { first: 250, max: 2000 } as const;
+
+/**
+ * --on-lease-loss reregister: the worker whose lease was lost stops taking requests and lets its
+ * in-flight ones finish (up to the grace period), while a fresh worker with the same index takes its
+ * place once etcd answers: the lost lease is revoked first (so its instance key cannot linger), then
+ * a new lease is granted and the records written again under the new instance id. A fresh engine
+ * goes with it, so the router's view (an instance with an empty cache) matches. Retries until it
+ * succeeds or the workers stop.
+ */
+async function replaceWorker(
+  shell: Shell,
+  lost: StartedWorker,
+  reason: string,
+  o: { running: () => boolean; signal: AbortSignal; replace: (fresh: StartedWorker) => void },
+): Promise<void> {
+  const { log, config } = shell;
+  const lostAt = performance.now();
+  log.error(
+    `${reason}: worker ${lost.index} registers again with a new lease once etcd answers (--on-lease-loss reregister); ` +
+      `its ${lost.inflight()} in-flight request(s) go on`,
+  );
+  const retired = lost.retire();
+  // A worker that owns fixed ports (bootstrap, vLLM KV events) must free them before its successor binds them.
+  const ownsPorts = config.disagg.bootstrapPorts !== null || config.zmqKvEventsPorts !== null;
+  let purged = false;
+  let waitMs: number = REREGISTER_RETRY_MS.first;
+  for (let attempt = 1; o.running(); attempt++) {
+    try {
+      if (!purged) {
+        await lost.purge();
+        purged = true;
+        log.info(`worker ${lost.index}: the lost lease ${lost.instanceHex} is revoked, its records are gone`);
+      }
+      if (ownsPorts) await retired;
+      const fresh = await startWorker(shell, lost.index);
+      if (!o.running()) return void (await fresh.stop());
+      o.replace(fresh);
+      log.warn(
+        `worker ${lost.index} registered again as instance ${fresh.instanceHex} (was ${lost.instanceHex}), ` +
+          `${(performance.now() - lostAt).toFixed(0)} ms after its lease was lost (${attempt} attempt(s))`,
+      );
+      break;
+    } catch (err) {
+      // The first failure and then one in ten: an outage of minutes stays a handful of lines.
+      if (attempt === 1 || attempt % 10 === 0) {
+        const why = (err as Error).message.replace(/^\d+ [A-Z_]+: /, ''); // grpc-js's "14 UNAVAILABLE: " prefix
+        log.warn(`worker ${lost.index}: cannot register again yet (attempt ${attempt}: ${why}); retrying until etcd answers`);
+      }
+      await sleep(waitMs, undefined, { signal: o.signal }).catch(() => {});
+      waitMs = Math.min(waitMs * 2, REREGISTER_RETRY_MS.max);
+    }
+  }
+  await retired;
 }
 
 /** One worker: its registration, engine, request path and plane endpoint. */
 async function startWorker(shell: Shell, index: number): Promise<StartedWorker> {
   const { config, generation } = shell;
   const ep = config.endpoint;
-  const session: DiscoverySession = await shell.discovery.open(shell.onLost);
+  // A loss can only be reported once the lease is granted, i.e. once `hex` is set.
+  let hex = '';
+  const session: DiscoverySession = await shell.discovery.open((reason) => shell.onLost(reason, index, hex));
   const id = session.instanceId;
-  const hex = leaseHex(id);
+  hex = leaseHex(id);
   const log = shell.log.child({ worker: index, instance_id: hex });
 
   const engine = new Engine(config.engine, shell.timing, shell.xxh, shell.model);
@@ -520,5 +631,16 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
     await stop();
     throw err;
   }
-  return { stop };
+  return {
+    index,
+    instanceHex: hex,
+    inflight: () => server.inflightCount,
+    stop,
+    retire: async () => {
+      const stopped = stop();
+      shell.health.removeEndpoint(ep.endpoint, hex);
+      await stopped;
+    },
+    purge: () => session.closeConfirmed?.() ?? session.close(),
+  };
 }

@@ -46,6 +46,10 @@ export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): 
         : {}),
     };
   }
+  // With one endpoint there is nowhere to fail over to, so etcd3's per-host circuit breaker (open for
+  // 5 s after 3 failures) would only hold calls back after an outage: a worker registering again
+  // would wait up to 5 s more for an etcd that is already back. Several endpoints keep it.
+  if (hosts.length === 1) options.faultHandling = { host: () => PASS_THROUGH };
 
   let client: Etcd3;
   try {
@@ -69,6 +73,13 @@ export async function connectEtcd(env: Env, opts: { timeoutMs?: number } = {}): 
   }
   return client;
 }
+
+type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>;
+
+/** A fault-handling policy that runs every call (etcd3 only calls `execute` on a host's policy). */
+const PASS_THROUGH = {
+  execute: async <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => fn({ signal: new AbortController().signal }),
+} as unknown as HostPolicy;
 
 function etcdReason(err: unknown, timeoutMs: number): string {
   const text = (err as Error)?.message ?? String(err);

@@ -16,6 +16,7 @@ export class EtcdDiscovery implements Discovery {
       create: (key, value) => createIfAbsent(this.client, key, value, lease),
       // Revoking the lease deletes every key on it at once.
       close: () => lease.revoke(),
+      closeConfirmed: () => lease.revokeConfirmed(),
       remove: async (key) => void (await this.client.delete().key(key)),
     };
   }

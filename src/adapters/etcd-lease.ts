@@ -8,10 +8,15 @@ const REVOKE_TIMEOUT_MS = 3000;
 const RETRY_MS = 500;
 
 /**
- * One etcd lease kept alive the way Dynamo's `keep_alive` does (rt/transports/etcd/lease.rs): a
- * keep-alive every ttl/2, and every answer moves a deadline to now + the TTL etcd reports. When the
- * deadline passes, or etcd answers TTL 0 (expired or revoked elsewhere), the lease is lost and
- * `onLost` runs once; the worker must then shut down, since its keys are gone or about to go.
+ * One etcd lease kept alive the way Dynamo's `keep_alive` does (rt/transports/etcd/lease.rs): every
+ * answer moves a deadline to now + the TTL etcd reports. When the deadline passes, or etcd answers
+ * TTL 0 (expired or revoked elsewhere), the lease is lost and `onLost` runs once; the worker must
+ * then shut down or register again, since its keys are gone or about to go.
+ *
+ * Dynamo sends a keep-alive every ttl/2 from a runtime of its own; here keep-alives share the event
+ * loop with request handling, so they go every ttl/3: a keep-alive that is late by a whole period
+ * still leaves a third of the TTL (with ttl/2 the remaining time already touches half the TTL on
+ * time, and any delay eats into the last half).
  *
  * etcd3's own auto keep-alive is not used: it pings every ttl/3, retries a broken stream forever
  * and only reports a loss once 2×TTL has passed since the last answer, i.e. well after etcd has
@@ -58,7 +63,7 @@ export class WorkerLease {
   }
 
   private get periodMs(): number {
-    return Math.max(250, (this.ttlSeconds * 1000) / 2);
+    return Math.max(250, (this.ttlSeconds * 1000) / 3);
   }
 
   private schedule(delayMs: number): void {
@@ -127,6 +132,18 @@ export class WorkerLease {
       await this.lease.revoke({ deadline: Date.now() + REVOKE_TIMEOUT_MS }).catch(() => {});
     })();
     return this.revoking;
+  }
+
+  /**
+   * Revokes the lease and resolves once etcd has confirmed it, or said it no longer exists (expired or
+   * revoked before); rejects when etcd cannot be reached within `timeoutMs`. Usable after a loss, to
+   * make sure the lost lease's keys are gone before new ones are written.
+   */
+  async revokeConfirmed(timeoutMs = REVOKE_TIMEOUT_MS): Promise<void> {
+    this.state = this.state === 'alive' ? 'revoked' : this.state;
+    this.stopTimers();
+    // etcd3's revoke treats "lease not found" as done and rethrows every other failure.
+    await this.lease.revoke({ deadline: Date.now() + timeoutMs });
   }
 }
 

@@ -11,6 +11,11 @@ export interface DiscoverySession {
   create(key: string, value: string): Promise<'created' | 'exists'>;
   /** Removes every record of this session (lease revoke, file delete). Never rejects. */
   close(): Promise<void>;
+  /**
+   * Removes every record of this session and resolves only once the backend has confirmed they are
+   * gone (also after a lost lease); rejects while the backend cannot be reached. Absent: close() is sure.
+   */
+  closeConfirmed?(): Promise<void>;
   /** Removes one record of this session (it can be created again). */
   remove(key: string): Promise<void>;
 }

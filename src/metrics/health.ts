@@ -41,6 +41,11 @@ export class HealthState {
     m.set(instance, status);
   }
 
+  /** Forgets one instance of an endpoint (a worker replaced under a new instance id). */
+  removeEndpoint(name: string, instance = ''): void {
+    this.endpoints.get(name)?.delete(instance);
+  }
+
   /** Graceful shutdown: not ready from now on, whatever the endpoints say. */
   setDraining(draining: boolean): void {
     this.drainingFlag = draining;

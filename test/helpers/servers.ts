@@ -150,37 +150,68 @@ export function startNats(opts: { jetstream?: boolean } = {}): Promise<NatsHandl
   });
 }
 
-export function startEtcd(): Promise<ServerHandle> {
+/** An etcd that can be taken down and brought back on the same ports with the same data dir (its leases and keys). */
+export interface EtcdHandle extends ServerHandle {
+  /** Stops the server (SIGTERM), keeping its ports and data dir for `resume`. */
+  halt(): Promise<void>;
+  /** Starts it again on the same ports and data dir; resolves once it reports healthy. */
+  resume(): Promise<void>;
+}
+
+async function launchEtcd(port: number, peer: number, dir: string): Promise<ReturnType<typeof launch>> {
+  const client = `http://127.0.0.1:${port}`;
+  const peerUrl = `http://127.0.0.1:${peer}`;
+  const p = launch(
+    'etcd',
+    [
+      '--data-dir', dir, '--name', 'default',
+      '--listen-client-urls', client, '--advertise-client-urls', client,
+      '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
+      '--initial-cluster', `default=${peerUrl}`, '--log-level', 'error',
+    ],
+  );
+  try {
+    await waitFor(async () => {
+      if (p.exited()) throw new Error(`etcd exited: ${p.output()}`);
+      try {
+        const res = await fetch(`${client}/health`);
+        return res.ok && ((await res.json()) as { health?: string }).health === 'true';
+      } catch {
+        return false;
+      }
+    }, { timeoutMs: 15_000, intervalMs: 25, message: `etcd on ${port}: ${p.output()}` });
+  } catch (err) {
+    await stopProcess(p.proc, null);
+    throw err;
+  }
+  return p;
+}
+
+export function startEtcd(): Promise<EtcdHandle> {
   return startWithRetry(async () => {
     const dir = mkdtempSync(join(tmpdir(), 'etcd-test-'));
     const port = await freePort();
     const peer = await freePort();
-    const client = `http://127.0.0.1:${port}`;
-    const peerUrl = `http://127.0.0.1:${peer}`;
-    const p = launch(
-      'etcd',
-      [
-        '--data-dir', dir, '--name', 'default',
-        '--listen-client-urls', client, '--advertise-client-urls', client,
-        '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
-        '--initial-cluster', `default=${peerUrl}`, '--log-level', 'error',
-      ],
-    );
+    let p: ReturnType<typeof launch>;
     try {
-      await waitFor(async () => {
-        if (p.exited()) throw new Error(`etcd exited: ${p.output()}`);
-        try {
-          const res = await fetch(`${client}/health`);
-          return res.ok && ((await res.json()) as { health?: string }).health === 'true';
-        } catch {
-          return false;
-        }
-      }, { timeoutMs: 15_000, intervalMs: 25, message: `etcd on ${port}: ${p.output()}` });
+      p = await launchEtcd(port, peer, dir);
     } catch (err) {
-      await stopProcess(p.proc, dir);
+      rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    return { url: client, port, pid: p.proc.pid!, stop: () => stopProcess(p.proc, dir) };
+    const handle: EtcdHandle = {
+      url: `http://127.0.0.1:${port}`,
+      port,
+      pid: p.proc.pid!,
+      stop: () => stopProcess(p.proc, dir),
+      halt: () => stopProcess(p.proc, null),
+      resume: async () => {
+        if (p.proc.exitCode === null && p.proc.signalCode === null) throw new Error('etcd is still running');
+        p = await launchEtcd(port, peer, dir);
+        handle.pid = p.proc.pid!;
+      },
+    };
+    return handle;
   });
 }
 
@@ -217,7 +248,7 @@ export async function startPrometheus(config: string): Promise<ServerHandle & { 
 
 export interface Cluster {
   nats: NatsHandle;
-  etcd: ServerHandle;
+  etcd: EtcdHandle;
   /** NATS_SERVER and ETCD_ENDPOINTS for a worker or client. */
   env: Record<string, string>;
   /** A plain NATS client connection, as a router or test observer would hold. */

@@ -39,6 +39,8 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Node options placed before the script (e.g. ['--import', MODULE_TRACE]). */
   nodeArgs?: string[];
+  /** Reads the worker's stderr no faster than this (a slow log collector); default: as fast as it comes. */
+  stderrBytesPerSecond?: number;
 }
 
 /**
@@ -63,7 +65,14 @@ export async function startWorkerProcess(args: string[], env: Record<string, str
   proc.once('exit', () => running.delete(proc));
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  const stderrRate = opts.stderrBytesPerSecond;
+  proc.stderr!.on('data', (d: Buffer) => {
+    out += d;
+    if (stderrRate === undefined) return;
+    // A full pipe makes the worker's writes wait (or fail with EAGAIN), as a slow collector does.
+    proc.stderr!.pause();
+    setTimeout(() => proc.stderr!.resume(), (d.length / stderrRate) * 1000);
+  });
   let exitCode: number | null | undefined;
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve((exitCode = code))));
   const handle: WorkerProcess = {

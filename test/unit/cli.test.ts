@@ -405,3 +405,21 @@ describe('--model-path must name a model (issue 12)', () => {
     expect(parseWorkerConfig({ modelPath: 'acme/not-cached' }, [], { HF_HUB_OFFLINE: '1' }).modelPath).toBe('acme/not-cached');
   });
 });
+
+describe('--on-lease-loss (issue 12)', () => {
+  it('defaults to exit, as Dynamo; takes reregister', () => {
+    expect(parseWorkerConfig({ modelPath: 'Qwen/Qwen3-0.6B' }, [], {}).onLeaseLoss).toBe('exit');
+    expect(parseWorkerConfig({ modelPath: 'Qwen/Qwen3-0.6B', onLeaseLoss: 'reregister' }, [], {}).onLeaseLoss).toBe('reregister');
+    expect(parseWorkerConfig({ modelPath: 'Qwen/Qwen3-0.6B', onLeaseLoss: 'EXIT' }, [], {}).onLeaseLoss).toBe('exit');
+  });
+
+  itRefuses([
+    [['--on-lease-loss', 'restart'], {}, '--on-lease-loss', /must be one of exit, reregister, got 'restart'/],
+    [['--on-lease-loss', ''], {}, '--on-lease-loss', /must be one of exit, reregister, got ''/],
+  ]);
+
+  it('--help lists it with its default', async () => {
+    const { out } = await run(['--help']);
+    expect(out.replace(/\s+/g, ' ')).toMatch(/--on-lease-loss <action> +when the etcd lease is lost: exit .* reregister .*\(default: exit\)/);
+  });
+});
