@@ -73,6 +73,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--model-name <name>', 'served model name (default: the --model-path string)')
     .option('--endpoint <dyn://ns.component.endpoint>', 'Dynamo endpoint to serve (default: dyn://${DYN_NAMESPACE:-dynamo}.backend.generate)')
     .option('--num-workers <n>', `independent workers in this process${d(WORKER_DEFAULTS.numWorkers)}`)
+    .option('--stagger-delay <seconds>', `seconds between two worker launches, 2 s more after every 32; -1 = auto (0 up to 32 workers, 0.1 up to 128, else 0.2)${d(WORKER_DEFAULTS.staggerDelayS)}`)
     .option('--startup-time <seconds>', 'simulated load time before serving (default: 0)')
     .addOption(
       new Option(

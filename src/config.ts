@@ -9,6 +9,7 @@ import { FaultPlanError, parseFaultPlan, type FaultPlan } from './faults/fault-p
 import { ConfigError } from './config-error.js';
 import { readModelInfo } from './model/model-info.js';
 import { CARD_FILE_NAMES, parseRepoId, type CardFileKind } from './model/resolve-model.js';
+import { autoStaggerDelayS } from './worker-launch.js';
 
 export { ConfigError };
 
@@ -33,6 +34,8 @@ export const ENGINE_DEFAULTS = {
 
 export const WORKER_DEFAULTS = {
   numWorkers: 1,
+  /** --stagger-delay, seconds between worker launches: 0 = none, as in Dynamo's newest mocker (−1 = its auto rule). */
+  staggerDelayS: 0,
   startupTimeS: 0,
   modelName: null as string | null,
   dynamoVersion: '0.6.1' as DynamoVersion,
@@ -219,6 +222,8 @@ export interface WorkerConfig {
   modelName: string;
   endpoint: EndpointId;
   numWorkers: number;
+  /** --stagger-delay with auto (−1) resolved: seconds between two worker launches; 0 = none. */
+  staggerDelayS: number;
   startupTimeS: number;
   dynamoVersion: DynamoVersion;
   discovery: DiscoverySettings;
@@ -855,6 +860,18 @@ const LOG_LEVELS: Record<string, string> = {
   '5': 'trace',
 };
 
+/** The longest --stagger-delay taken, seconds. */
+const MAX_STAGGER_DELAY_S = 3600;
+
+/** --stagger-delay: seconds between worker launches, 0 = none, −1 = Dynamo's auto rule for --num-workers; other negatives are refused (as Dynamo does). */
+function parseStaggerDelay(value: unknown, numWorkers: number): number {
+  const flag = '--stagger-delay';
+  const seconds = value === undefined ? WORKER_DEFAULTS.staggerDelayS : parseNumber(flag, value, { max: MAX_STAGGER_DELAY_S });
+  if (seconds === -1) return autoStaggerDelayS(numWorkers);
+  if (seconds < 0) throw new ConfigError(flag, `must be ≥ 0 (seconds between worker launches) or -1 (auto), got '${asString(flag, value)}'`);
+  return seconds + 0; // −0 reads as 0
+}
+
 /** --faults FILE: a JSON fault plan; any fault in it exits 2 naming the field. */
 function readFaultPlan(path: string): FaultPlan {
   const flag = '--faults';
@@ -879,6 +896,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
   const modelName = raw.modelName !== undefined ? asString('--model-name', raw.modelName) : modelPath;
   if (modelName === '') throw new ConfigError('--model-name', 'must not be empty');
   const numWorkers = raw.numWorkers === undefined ? WORKER_DEFAULTS.numWorkers : parseInteger('--num-workers', raw.numWorkers, 1, 1024);
+  const staggerDelayS = parseStaggerDelay(raw.staggerDelay, numWorkers);
   const warnings: string[] = [];
   const disagg = parseDisagg(raw, env, numWorkers, warnings);
   engine.workerType = disagg.workerType;
@@ -930,6 +948,7 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
     modelName,
     endpoint,
     numWorkers,
+    staggerDelayS,
     startupTimeS,
     dynamoVersion,
     ...planes,

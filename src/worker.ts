@@ -22,6 +22,7 @@ import type { WorkerControl } from './faults/worker-control.js';
 import type { CardFile } from './dynamo/model-card.js';
 import { kvEventStreamName, kvMetricsSubject, leaseHex, requestSubject, serviceName, slugify, tcpRoutingKey } from './dynamo/names.js';
 import { EngineLoop, combineHooks } from './engine/engine-loop.js';
+import { LAUNCH_CONCURRENCY, STAGGER_GROUP, STAGGER_GROUP_PAUSE_MS, launchWorkers } from './worker-launch.js';
 import type { EventTransport } from './adapters/event-plane.js';
 import { createBlake3Hex, createXxh3, type Xxh3Hasher } from './hashing/xxh3.js';
 import { HealthState } from './metrics/health.js';
@@ -125,8 +126,11 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
   let resolveStopped!: (o: StopOutcome) => void;
   const stopped = new Promise<StopOutcome>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<StopOutcome> | null = null;
+  // Cuts a --stagger-delay pause short once the workers are to stop.
+  const launchHalt = new AbortController();
   const stop = (reason: string, failed = false): Promise<StopOutcome> =>
     (stopping ??= (async () => {
+      launchHalt.abort();
       log.info(`${reason}: draining`);
       health.setDraining(true);
       await closeAll();
@@ -359,11 +363,23 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
       replacementHalt.abort();
       await Promise.all([...workers.map((w) => w.stop()), ...replacing]);
     });
-    // A worker that lost its registration stops them all: start no more after that.
-    for (let i = 0; i < config.numWorkers && stopping === null; i++) {
-      workers.push(await startWorker(shell, i));
-      checkAbort();
+    // Several start at once (each in its own registration order), spaced by --stagger-delay when
+    // asked. A worker that lost its registration stops them all: start no more after that.
+    const staggerDelayMs = config.staggerDelayS * 1000;
+    if (staggerDelayMs > 0) {
+      log.info(`starting ${config.numWorkers} workers ${config.staggerDelayS} s apart, ${STAGGER_GROUP_PAUSE_MS / 1000} s more after every ${STAGGER_GROUP} (--stagger-delay)`);
     }
+    await launchWorkers({
+      count: config.numWorkers,
+      concurrency: LAUNCH_CONCURRENCY,
+      staggerDelayMs,
+      start: (index) => startWorker(shell, index),
+      // One that finishes starting after a stop was asked for stops at once.
+      started: (worker) => (stopping === null ? workers.push(worker) : void worker.stop()),
+      halted: () => stopping !== null || abort?.aborted === true,
+      sleep: (ms, failed) => sleep(ms, undefined, { signal: AbortSignal.any([failed, launchHalt.signal, ...(abort ? [abort] : [])]) }).catch(() => {}),
+    });
+    checkAbort();
     log.info(
       `${workers.length} worker(s) serving ${config.modelName} over ${config.requestPlane} with ${config.discovery.backend} discovery ` +
         `(Dynamo ${config.dynamoVersion}) in ${(performance.now() - startedAt).toFixed(0)} ms`,
