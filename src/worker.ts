@@ -140,6 +140,21 @@ export async function startWorkers(config: WorkerConfig, io: WorkersIo): Promise
     })());
 
   try {
+    // 0. libzmq aborts the whole process when it runs out of file descriptors: check first that the
+    //    ZMQ sockets of every worker fit (1.4's ZMQ event plane: a PUB per DP rank for KV events, one
+    //    for load, one for forward-pass metrics; vLLM's own stream: a PUB and a ROUTER per DP rank).
+    const ranks = config.engine.dataParallelSize;
+    const zmqEventPlane = generation.events === 'event-plane' && config.eventPlane === 'zmq';
+    const zmqSockets =
+      config.numWorkers *
+      ((zmqEventPlane ? (config.kvEvents ? ranks : 0) + 2 : 0) + (config.zmqKvEventsPorts ? ranks * (config.zmqReplayPorts ? 2 : 1) : 0));
+    if (zmqSockets > 0) {
+      (await import('./adapters/zmq-library.js')).checkZmqDescriptors(
+        zmqSockets,
+        `--num-workers ${config.numWorkers}`,
+        `raise the limit${zmqEventPlane ? ', or use DYN_EVENT_PLANE=nats' : ''}`,
+      );
+    }
     // 1. Connections and the model at once: the handshakes overlap with reading and hashing the
     //    model's files, and an unreachable server still fails within seconds (the first failure ends
     //    the start, without waiting for a model download).

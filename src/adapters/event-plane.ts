@@ -6,6 +6,7 @@ import type { EndpointId } from '../config.js';
 import { endpointSubjectPrefix, eventSubject, zmqFrames, type EventTransportRecord } from '../dynamo/event-plane-wire.js';
 import { advertisedHost, hostPort } from './local-ip.js';
 import { natsLink } from './nats-link.js';
+import { loadZmq, tooManySockets } from './zmq-library.js';
 
 /** One publisher's way out: what its EventChannel record advertises, and how an envelope leaves. */
 export interface EventSink {
@@ -55,15 +56,23 @@ const SEND_HIGH_WATER_MARK = 100_000;
  * check (topic, publisher id, sequence, framed envelope).
  */
 export async function zmqEventTransport(log: Logger, bindHost = '0.0.0.0'): Promise<EventTransport> {
-  const zmq = await import('zeromq');
+  const zmq = await loadZmq();
+  // Looked up once: reading the interfaces for each of N workers' publishers costs ~0.2 ms apiece.
+  const advertised = advertisedHost(bindHost);
   return {
     async open(_ep, topic) {
-      const socket: ZmqPublisher = new zmq.Publisher({ sendHighWaterMark: SEND_HIGH_WATER_MARK, sendTimeout: 0, linger: 0 });
-      await socket.bind(`tcp://${bindHost.includes(':') ? `[${bindHost}]` : bindHost}:0`);
+      let socket: ZmqPublisher | null = null;
+      try {
+        socket = new zmq.Publisher({ sendHighWaterMark: SEND_HIGH_WATER_MARK, sendTimeout: 0, linger: 0 });
+        await socket.bind(`tcp://${bindHost.includes(':') ? `[${bindHost}]` : bindHost}:0`);
+      } catch (err) {
+        socket?.close();
+        throw tooManySockets(err, `a ZMQ PUB socket for the '${topic}' event publisher`);
+      }
       const port = Number(/:(\d+)$/.exec(socket.lastEndpoint ?? '')?.[1]);
       const queue = new SendQueue(socket, log);
       return {
-        record: { kind: 'Zmq', endpoint: `tcp://${hostPort(advertisedHost(bindHost), port)}` },
+        record: { kind: 'Zmq', endpoint: `tcp://${hostPort(advertised, port)}` },
         send: (publisherId, sequence, envelope) => queue.push(zmqFrames(topic, publisherId, sequence, envelope)),
         close: async () => {
           await queue.drained();

@@ -11,6 +11,7 @@ import type { Publisher, Router } from 'zeromq';
 import type { KvEvent } from '../core/types.js';
 import { packVllmBatch, u64Frame, type VllmKvEvent } from '../dynamo/event-plane-wire.js';
 import type { EngineLoopHooks } from '../engine/engine-loop.js';
+import { loadZmq, tooManySockets } from './zmq-library.js';
 
 /** Batches each rank keeps for replay (Dynamo's ring buffer). */
 export const REPLAY_BUFFER_BATCHES = 10_000;
@@ -62,7 +63,7 @@ export class VllmKvEvents {
 
   /** Binds rank r's PUB on `tcp://{host}:{basePort + r}` and, if given, its ROUTER on `replayBasePort + r`. */
   static async start(o: { basePort: number; replayBasePort: number | null; ranks: number; blockSize: number; host?: string; log: Logger }): Promise<VllmKvEvents> {
-    const zmq = await import('zeromq');
+    const zmq = await loadZmq();
     const host = o.host ?? '0.0.0.0';
     const ranks: Rank[] = [];
     try {
@@ -81,7 +82,7 @@ export class VllmKvEvents {
         r.pub.close();
         r.router?.close();
       }
-      throw err;
+      throw tooManySockets(err, "vLLM's KV-event sockets (--zmq-kv-events-ports)");
     }
     return new VllmKvEvents(ranks, o.blockSize, o.log);
   }
