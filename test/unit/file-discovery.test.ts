@@ -93,6 +93,37 @@ describe('FileDiscovery', () => {
     expect(existsSync(path)).toBe(false);
   });
 
+  it('makes a bucket directory once, and again when someone removed it', async () => {
+    const r = root();
+    const d = new FileDiscovery(r, log);
+    const s = await d.open();
+    await s.create(KEY('d4'), 'first');
+    rmSync(join(r, 'v1'), { recursive: true });
+    expect(await s.create(KEY('e5'), 'second')).toBe('created');
+    expect(readFileSync(join(r, 'v1', 'instances', 'dynamo%2Fbackend%2Fgenerate%2Fe5'), 'utf8')).toBe('second');
+    await s.close();
+  });
+
+  it('keeps thousands of records of many sessions alive and sweeps only what is not its own', async () => {
+    const r = root();
+    const d = new FileDiscovery(r, log);
+    const sessions = await Promise.all(Array.from({ length: 300 }, () => d.open()));
+    await Promise.all(sessions.flatMap((s, i) => [s.create(KEY(`a${i}`), 'x'), s.create(`v1/mdc/dynamo/backend/generate/a${i}`, 'y')]));
+    const dir = join(r, 'v1', 'instances');
+    const dead = join(dir, 'dynamo%2Fbackend%2Fgenerate%2Fdead');
+    writeFileSync(dead, 'x');
+    const now = Date.now();
+    const old = new Date(now - FILE_TTL_MS - 5_000);
+    for (const name of readdirSync(dir)) utimesSync(join(dir, name), old, old);
+    await d.keepAlive(now);
+    expect(existsSync(dead)).toBe(false);
+    const kept = [...readdirSync(dir).map((n) => join(dir, n)), ...readdirSync(join(r, 'v1', 'mdc')).map((n) => join(r, 'v1', 'mdc', n))];
+    expect(kept).toHaveLength(600);
+    expect(kept.every((p) => statSync(p).mtimeMs > now - 1000)).toBe(true);
+    await Promise.all(sessions.map((s) => s.close()));
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
   it('runs its keep-alive well inside the TTL: every ttl/3 (at least 1 s)', async () => {
     const r = root();
     const d = new FileDiscovery(r, log, 3000);
