@@ -1,6 +1,7 @@
 // The worker's etcd lease (TTL 10 s, kept alive): its id is the Dynamo instance id; keys live on it.
 import { EtcdLeaseInvalidError, type Etcd3, type Lease } from 'etcd3';
 import { leaseHex } from '../dynamo/names.js';
+import { leaseKeepAlives, type LeaseKeepAlives } from './etcd-keepalive.js';
 
 /** How long revoke() may take before giving up (the keys then expire with the TTL). */
 const REVOKE_TIMEOUT_MS = 3000;
@@ -27,6 +28,8 @@ export class WorkerLease {
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private deadlineTimer: NodeJS.Timeout | undefined;
   private revoking: Promise<void> | null = null;
+  /** The keep-alive batcher of the lease's etcd client (set by grant). */
+  private keepAlives: LeaseKeepAlives | null = null;
   /** Time of the last keep-alive answer (ms since epoch); for diagnostics and tests. */
   lastKeepAliveAt = Date.now();
 
@@ -45,6 +48,7 @@ export class WorkerLease {
     const raw = await lease.grant();
     if (!/^[0-9]+$/.test(String(raw))) throw new Error(`etcd granted a lease with an unexpected id '${String(raw)}'`);
     const worker = new WorkerLease(lease, BigInt(raw), ttlSeconds, onLost);
+    worker.keepAlives = leaseKeepAlives(client);
     // etcd3 emits 'lost' when a put through the lease finds it invalid, or a keep-alive sees TTL 0.
     lease.on('lost', (err: Error) => worker.lose(`etcd lease ${leaseHex(worker.id)} lost: ${err.message}`));
     worker.armDeadline(ttlSeconds * 1000);
@@ -88,16 +92,16 @@ export class WorkerLease {
     if (this.state !== 'alive') return;
     try {
       // A gRPC deadline bounds the attempt: a stream that never answers is cancelled, not leaked.
-      const res = await this.lease.keepaliveOnce({ deadline: Date.now() + this.periodMs });
+      // The process's leases share their keep-alive streams (etcd-keepalive.ts).
+      const ttl = await this.keepAlives!.keepAlive(this.etcdId, Date.now() + this.periodMs);
       if (this.state !== 'alive') return;
-      const ttl = Number(res.TTL);
       this.lastKeepAliveAt = Date.now();
       this.armDeadline(ttl * 1000);
       this.schedule(this.periodMs);
     } catch (err) {
       if (this.state !== 'alive') return;
       if (err instanceof EtcdLeaseInvalidError) {
-        // keepaliveOnce has already emitted 'lost' for TTL 0; lose() is idempotent either way.
+        // etcd answered TTL 0.
         this.lose(`etcd lease ${leaseHex(this.id)} lost: expired or revoked`);
         return;
       }
