@@ -46,7 +46,7 @@ const CLK_TCK = 100; // Linux USER_HZ
 const bin = values.bin ?? join(root, 'bin', 'dynamo-mocker');
 const model = join(root, 'test', 'fixtures', 'tiny-model');
 const { DynamoClient } = await import(join(root, 'dist', 'client', 'dynamo-client.js'));
-const servers = setups.includes('etcd') ? await startLocalServers() : null;
+const servers = setups.includes('etcd') || values['event-plane'] === 'nats' ? await startLocalServers() : null;
 
 /** CPU seconds (user + system) the process has used so far. */
 function cpuSeconds(pid) {
@@ -77,7 +77,12 @@ async function runOne(setup, n, index) {
   if (setup === 'file') {
     const kv = mkdtempSync(join(tmpdir(), 'bench-scale-kv-'));
     cleanup = () => rmSync(kv, { recursive: true, force: true });
-    env = { DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: kv, ...(values['event-plane'] ? { DYN_EVENT_PLANE: values['event-plane'] } : {}) };
+    env = {
+      DYN_DISCOVERY_BACKEND: 'file',
+      DYN_FILE_KV: kv,
+      ...(values['event-plane'] ? { DYN_EVENT_PLANE: values['event-plane'] } : {}),
+      ...(values['event-plane'] === 'nats' ? { NATS_SERVER: servers.NATS_SERVER } : {}),
+    };
     args = ['--dynamo-version', '1.4'];
     const dir = join(kv, 'v1', 'instances');
     countRecords = () => {
