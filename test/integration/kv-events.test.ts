@@ -4,6 +4,7 @@ import type { NatsConnection, Subscription } from 'nats';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
 import type { KvEvent, KvEventData } from '../../src/core/types.js';
+import { routerEventData } from '../helpers/router-events.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { RouterIndex } from '../helpers/core-fixtures.js';
 import { seqHashes as refSeqHashes, tokenHashes as refTokenHashes } from '../helpers/reference-hash.js';
@@ -36,17 +37,7 @@ function decodeRouterEvent(raw: string): RouterEvent {
   const j = parseJson(raw) as Record<string, any>;
   expect(Object.keys(j)).toEqual(['worker_id', 'event']);
   expect(Object.keys(j.event)).toEqual(['event_id', 'data', 'dp_rank']);
-  const d = j.event.data;
-  let data: EventData;
-  if (d === 'cleared') data = { kind: 'cleared' };
-  else if (d.stored) {
-    data = {
-      kind: 'stored',
-      parentHash: d.stored.parent_hash === null ? null : big(d.stored.parent_hash),
-      blocks: d.stored.blocks.map((b: Record<string, unknown>) => ({ blockHash: big(b.block_hash), tokensHash: big(b.tokens_hash) })),
-    };
-  } else if (d.removed) data = { kind: 'removed', blockHashes: d.removed.block_hashes.map(big) };
-  else throw new Error(`unknown event data ${raw}`);
+  const data = routerEventData(j.event.data);
   expect(typeof j.event.event_id).toBe('number');
   return { workerId: big(j.worker_id), eventId: j.event.event_id, dpRank: j.event.dp_rank, data, raw };
 }

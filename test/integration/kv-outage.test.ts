@@ -13,9 +13,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { natsLink } from '../../src/adapters/nats-link.js';
 import { DynamoClient } from '../../src/client/dynamo-client.js';
-import type { KvEvent, KvEventData } from '../../src/core/types.js';
+import type { KvEvent } from '../../src/core/types.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { RouterIndex } from '../helpers/core-fixtures.js';
+import { routerEventData } from '../helpers/router-events.js';
 import { seqHashes } from '../helpers/reference-hash.js';
 import { RouterSubscriber, fileRecords, type SeenRouterEvent } from '../helpers/router-subscriber.js';
 import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
@@ -29,21 +30,10 @@ const MAX_TOKENS = 300;
 const REQUESTS = 24;
 const OUTAGE_MS = 2000;
 
-const big = (v: unknown): bigint => BigInt(v as number | bigint);
 
 function decode(raw: string): KvEvent {
   const j = parseJson(raw) as Record<string, any>;
-  const d = j.event.data;
-  let data: KvEventData;
-  if (d === 'cleared') data = { kind: 'cleared' };
-  else if (d.stored) {
-    data = {
-      kind: 'stored',
-      parentHash: d.stored.parent_hash === null ? null : big(d.stored.parent_hash),
-      blocks: d.stored.blocks.map((b: Record<string, unknown>) => ({ blockHash: big(b.block_hash), tokensHash: big(b.tokens_hash) })),
-    };
-  } else data = { kind: 'removed', blockHashes: d.removed.block_hashes.map(big) };
-  return { eventId: Number(j.event.event_id), dpRank: j.event.dp_rank, data };
+  return { eventId: Number(j.event.event_id), dpRank: j.event.dp_rank, data: routerEventData(j.event.data) };
 }
 
 /** Everything the stream holds now, from its first message, as a router consumer reads it. */

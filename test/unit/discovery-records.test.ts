@@ -177,6 +177,7 @@ describe('generations', () => {
     runtime: RUNTIME,
     kvEvents: true,
     workerType: 'aggregated',
+    migrationLimit: 0,
     bootstrap: null,
   };
 
