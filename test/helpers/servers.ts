@@ -134,20 +134,36 @@ export function startNats(opts: { jetstream?: boolean } = {}): Promise<NatsHandl
       rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    const handle: NatsHandle = {
-      url: `nats://127.0.0.1:${port}`,
-      port,
-      pid: p.proc.pid!,
-      stop: () => stopProcess(p.proc, dir),
-      halt: () => stopProcess(p.proc, null),
-      resume: async () => {
-        if (p.proc.exitCode === null && p.proc.signalCode === null) throw new Error('nats-server is still running');
-        p = await launchNats(port, dir, jetstream);
-        handle.pid = p.proc.pid!;
-      },
-    };
-    return handle;
+    return restartable('nats-server', `nats://127.0.0.1:${port}`, port, dir, p, () => launchNats(port, dir, jetstream));
   });
+}
+
+/**
+ * A server handle whose `halt` stops the process but keeps its ports and data dir, and whose
+ * `resume` launches it again there (for outage tests); `stop` ends it and removes the dir.
+ */
+function restartable(
+  name: string,
+  url: string,
+  port: number,
+  dir: string,
+  first: ReturnType<typeof launch>,
+  relaunch: () => Promise<ReturnType<typeof launch>>,
+): NatsHandle & EtcdHandle {
+  let p = first;
+  const handle: NatsHandle & EtcdHandle = {
+    url,
+    port,
+    pid: p.proc.pid!,
+    stop: () => stopProcess(p.proc, dir),
+    halt: () => stopProcess(p.proc, null),
+    resume: async () => {
+      if (p.proc.exitCode === null && p.proc.signalCode === null) throw new Error(`${name} is still running`);
+      p = await relaunch();
+      handle.pid = p.proc.pid!;
+    },
+  };
+  return handle;
 }
 
 /** An etcd that can be taken down and brought back on the same ports with the same data dir (its leases and keys). */
@@ -199,19 +215,7 @@ export function startEtcd(): Promise<EtcdHandle> {
       rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    const handle: EtcdHandle = {
-      url: `http://127.0.0.1:${port}`,
-      port,
-      pid: p.proc.pid!,
-      stop: () => stopProcess(p.proc, dir),
-      halt: () => stopProcess(p.proc, null),
-      resume: async () => {
-        if (p.proc.exitCode === null && p.proc.signalCode === null) throw new Error('etcd is still running');
-        p = await launchEtcd(port, peer, dir);
-        handle.pid = p.proc.pid!;
-      },
-    };
-    return handle;
+    return restartable('etcd', `http://127.0.0.1:${port}`, port, dir, p, () => launchEtcd(port, peer, dir));
   });
 }
 

@@ -12,14 +12,14 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { natsLink } from '../../src/adapters/nats-link.js';
-import { DynamoClient } from '../../src/client/dynamo-client.js';
+import { DynamoClient, type StreamHandle } from '../../src/client/dynamo-client.js';
 import type { KvEvent } from '../../src/core/types.js';
 import { parseJson } from '../../src/dynamo/lossless-json.js';
 import { RouterIndex } from '../helpers/core-fixtures.js';
 import { routerEventData } from '../helpers/router-events.js';
 import { seqHashes } from '../helpers/reference-hash.js';
 import { RouterSubscriber, fileRecords, type SeenRouterEvent } from '../helpers/router-subscriber.js';
-import { haveServers, useCluster, waitFor } from '../helpers/servers.js';
+import { haveServers, useCluster, waitFor, type NatsHandle } from '../helpers/servers.js';
 import { TINY_MODEL, startWorkerProcess } from '../helpers/worker-process.js';
 
 const enabled = haveServers();
@@ -52,6 +52,38 @@ async function readStream(nc: NatsConnection, stream: string): Promise<KvEvent[]
 
 const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
 
+/**
+ * REQUESTS concurrent requests (distinct prompts from `base`), then, once decoding is under way (each
+ * request stores a block every 4 tokens), a NATS outage of OUTAGE_MS. `finished()` waits for every
+ * request and gives the blocks they must have stored: each one's full blocks (the last token's KV is
+ * never computed) and how many tokens streamed during the outage.
+ */
+async function burstThroughOutage(nats: NatsHandle, base: number, send: (tokenIds: number[]) => Promise<StreamHandle>) {
+  const prompts = Array.from({ length: REQUESTS }, (_, i) => range(base + i * 1000, PROMPT));
+  const tokensAt: number[] = [];
+  const handles = await Promise.all(prompts.map(send));
+  for (const h of handles) h.stream.onToken(() => tokensAt.push(performance.now()));
+  await waitFor(() => tokensAt.length >= REQUESTS * 20, { message: 'decoding under way' });
+  const haltedAt = performance.now();
+  await nats.halt();
+  await sleep(OUTAGE_MS);
+  await nats.resume();
+  const resumedAt = performance.now();
+  return {
+    resumedAt,
+    async finished() {
+      const results = await Promise.all(handles.map((h) => h.stream.done));
+      const expected = new Set<bigint>();
+      for (const [i, r] of results.entries()) {
+        expect(r.tokenIds).toHaveLength(MAX_TOKENS);
+        const full = [...prompts[i], ...r.tokenIds];
+        for (const hash of seqHashes(full.slice(0, Math.floor((full.length - 1) / BS) * BS), BS)) expected.add(hash);
+      }
+      return { expected, outageTokens: tokensAt.filter((t) => t >= haltedAt && t <= resumedAt).length };
+    },
+  };
+}
+
 describe.skipIf(!enabled)('KV events across a NATS restart (0.6.1, JetStream)', () => {
   const cluster = useCluster();
 
@@ -75,17 +107,8 @@ describe.skipIf(!enabled)('KV events across a NATS restart (0.6.1, JetStream)', 
     router.subscribe(`namespace.${ns}.kv_metrics`, { callback: () => loadsAt.push(performance.now()) });
     await router.flush();
 
-    const prompts = Array.from({ length: REQUESTS }, (_, i) => range(10_000 + i * 1000, PROMPT));
-    const tokensAt: number[] = [];
-    const handles = await Promise.all(prompts.map((tokenIds) => client.generate(inst.subject, { tokenIds, maxTokens: MAX_TOKENS })));
-    for (const h of handles) h.stream.onToken(() => tokensAt.push(performance.now()));
-    // Decoding is under way (each request stores a block every 4 tokens) before NATS goes away.
-    await waitFor(() => tokensAt.length >= REQUESTS * 20, { message: 'decoding under way' });
-    const haltedAt = performance.now();
-    await cluster.nats.halt();
-    await sleep(OUTAGE_MS);
-    await cluster.nats.resume();
-    const resumedAt = performance.now();
+    const burst = await burstThroughOutage(cluster.nats, 10_000, (tokenIds) => client.generate(inst.subject, { tokenIds, maxTokens: MAX_TOKENS }));
+    const { resumedAt } = burst;
 
     // Time to serve again: the first request that completes after NATS is back.
     let servedAt = 0;
@@ -103,17 +126,7 @@ describe.skipIf(!enabled)('KV events across a NATS restart (0.6.1, JetStream)', 
         await sleep(10);
       }
     }
-    const results = await Promise.all(handles.map((h) => h.stream.done));
-    const outageTokens = tokensAt.filter((t) => t >= haltedAt && t <= resumedAt).length;
-
-    // The blocks of every completed request: its full blocks, the last token's KV never computed.
-    const expected = new Set<bigint>();
-    for (const [i, r] of results.entries()) {
-      expect(r.tokenIds).toHaveLength(MAX_TOKENS);
-      const full = [...prompts[i], ...r.tokenIds];
-      const blocks = Math.floor((full.length - 1) / BS);
-      for (const hash of seqHashes(full.slice(0, blocks * BS), BS)) expected.add(hash);
-    }
+    const { outageTokens, expected } = await burst.finished();
     let converged = 0;
     let events: KvEvent[] = [];
     let index = new RouterIndex();
@@ -226,25 +239,9 @@ describe.skipIf(!enabled)('KV events across a NATS restart (1.4 event plane on c
     const routerNc = await connect({ servers: `127.0.0.1:${cluster.nats.port}`, reconnectTimeWait: 50, maxReconnectAttempts: -1 });
     const sub = await RouterSubscriber.connect({ records: fileRecords(root), endpoint: ep, kvPublishers: 1, nats: routerNc });
 
-    const prompts = Array.from({ length: REQUESTS }, (_, i) => range(20_000 + i * 1000, PROMPT));
-    const tokensAt: number[] = [];
-    const handles = await Promise.all(prompts.map((tokenIds) => client.generate(inst, { tokenIds, maxTokens: MAX_TOKENS })));
-    for (const h of handles) h.stream.onToken(() => tokensAt.push(performance.now()));
-    await waitFor(() => tokensAt.length >= REQUESTS * 20, { message: 'decoding under way' });
-    const haltedAt = performance.now();
-    await cluster.nats.halt();
-    await sleep(OUTAGE_MS);
-    await cluster.nats.resume();
-    const resumedAt = performance.now();
-    const results = await Promise.all(handles.map((h) => h.stream.done));
-    const outageTokens = tokensAt.filter((t) => t >= haltedAt && t <= resumedAt).length;
-
-    const expected = new Set<bigint>();
-    for (const [i, r] of results.entries()) {
-      expect(r.tokenIds).toHaveLength(MAX_TOKENS);
-      const full = [...prompts[i], ...r.tokenIds];
-      for (const hash of seqHashes(full.slice(0, Math.floor((full.length - 1) / BS) * BS), BS)) expected.add(hash);
-    }
+    const burst = await burstThroughOutage(cluster.nats, 20_000, (tokenIds) => client.generate(inst, { tokenIds, maxTokens: MAX_TOKENS }));
+    const { resumedAt } = burst;
+    const { outageTokens, expected } = await burst.finished();
     let router = new LiveOnlyRouter();
     let missing: bigint[] = [];
     let converged = 0;
