@@ -36,7 +36,7 @@ import { resolveModelFiles, type CardFileKind } from './model/resolve-model.js';
 import { createPolynomialTimingModel } from './core/timing/polynomial.js';
 import type { TimingModel } from './core/timing/timing-model.js';
 import { HandoffRendezvous } from './serving/handoff-sessions.js';
-import { RequestServer, realSleep, refuseUnrouted, type DisaggServing, type QueuedWork } from './serving/request-server.js';
+import { RequestServer, refuseUnrouted, type DisaggServing, type QueuedWork } from './serving/request-server.js';
 import type { OpenSink } from './serving/response-sink.js';
 
 export interface WorkersIo {
@@ -582,7 +582,6 @@ async function startWorker(shell: Shell, index: number): Promise<StartedWorker> 
               order: 'SourceFirst',
               engineType: 'vllm',
             }),
-          sleep: realSleep,
         };
   const server = new RequestServer({
     loop,

@@ -40,11 +40,9 @@ export interface DisaggServing {
   rendezvous: HandoffRendezvous | null;
   /** Opens a decode worker's session to the prefill worker's bootstrap server named by the request. */
   connect: (info: BootstrapInfo, identity: HandoffIdentity, dpRank: number) => Promise<HandoffChannel>;
-  /** Real-time waits (the transfer delay is not divided by the speedup ratio, as in Dynamo). */
-  sleep: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
-/** Real time for the transfer delay; cancellable. */
+/** Real time, cancellable: the request path's default sleep. */
 export const realSleep = (ms: number, signal: AbortSignal): Promise<void> => sleepFor(ms, undefined, { signal });
 
 export interface RequestServerOptions {
@@ -52,7 +50,10 @@ export interface RequestServerOptions {
   disagg?: DisaggServing;
   /** The worker's fault plan (absent: no faults). */
   faults?: RequestFaults;
-  /** Waits for delayed deliveries (stalled or slowed requests) and stall timeouts; default real time. */
+  /**
+   * Waits in real time, cancellable: the KV transfer (not divided by the speedup ratio, as in
+   * Dynamo), stalled or slowed deliveries, a congested stream's stall timeout. Default realSleep.
+   */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
   /**
    * How long a request may stay paused on a congested response stream before it is cancelled
@@ -751,7 +752,7 @@ class ActiveRequest {
     const delay = transferDelayMs(this.promptLength, d.transfer);
     if (delay > 0) {
       try {
-        await d.sleep(delay, this.cancelled.signal);
+        await (this.a.server.sleep ?? realSleep)(delay, this.cancelled.signal);
       } catch {
         return; // cancelled while waiting
       }
@@ -780,7 +781,7 @@ class ActiveRequest {
         cancel: () => this.seq && this.a.server.loop.cancel(this.seq, this.a.rank),
         signal: this.cancelled.signal,
         sessionTimeoutMs: d.sessionTimeoutMs,
-        sleep: d.sleep,
+        sleep: this.a.server.sleep ?? realSleep,
       });
       this.endPrefill();
     } catch (err) {

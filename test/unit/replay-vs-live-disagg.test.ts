@@ -87,8 +87,8 @@ async function live(transfer: KvTransferSettings, speedupRatio: number): Promise
           rendezvous.acceptDestination(bootstrapSide, { kind: 'Register', role: 'Destination', dpRank, order: 'SourceFirst', engineType: 'vllm' });
           return decodeSide;
         },
-        sleep,
       },
+      sleep,
     });
     return { server: s, sinks };
   };

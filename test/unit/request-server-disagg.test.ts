@@ -14,7 +14,7 @@ import { createXxh3 } from '../../src/hashing/xxh3.js';
 import { CountingMetrics } from '../helpers/counting-metrics.js';
 import { QueuedChannel, channelPair } from '../../src/serving/handoff-channel.js';
 import { HandoffRendezvous } from '../../src/serving/handoff-sessions.js';
-import { RequestServer, type DisaggServing } from '../../src/serving/request-server.js';
+import { RequestServer, type DisaggServing, type RequestServerOptions } from '../../src/serving/request-server.js';
 import { engineSetup, tokens } from '../helpers/core-fixtures.js';
 import { MemorySink, type SinkEvent } from '../helpers/memory-sink.js';
 
@@ -40,7 +40,7 @@ afterEach(async () => {
   await Promise.all(loops.splice(0).map((l) => l.stop()));
 });
 
-type Sleep = DisaggServing['sleep'];
+type Sleep = NonNullable<RequestServerOptions['sleep']>;
 
 /** The transfer wait on the virtual clock: jumps it forward by `ms` (cancellable). */
 function virtualSleep(clock: VirtualClock): Sleep {
@@ -55,7 +55,7 @@ function virtualSleep(clock: VirtualClock): Sleep {
  * One worker on the shared virtual clock. `disagg` null: an aggregated worker (no disagg option);
  * otherwise a `workerType` worker whose DisaggServing defaults can be overridden.
  */
-function worker(clock: VirtualClock, workerType: WorkerType | null, disagg: Partial<DisaggServing> = {}, setup: Partial<EngineSetup> = {}): Worker {
+function worker(clock: VirtualClock, workerType: WorkerType | null, disagg: Partial<DisaggServing> & { sleep?: Sleep } = {}, setup: Partial<EngineSetup> = {}): Worker {
   const engine = new Engine(
     engineSetup({ blockSize: 4, numGpuBlocks: 64, maxNumSeqs: 4 }, workerType ? { workerType } : {}, setup),
     createPolynomialTimingModel(),
@@ -68,7 +68,9 @@ function worker(clock: VirtualClock, workerType: WorkerType | null, disagg: Part
   const metrics = new CountingMetrics();
   const sinks: MemorySink[] = [];
   const sleeps: number[] = [];
-  const sleep = disagg.sleep ?? virtualSleep(clock);
+  // The request path's sleep (the transfer wait here), recorded; a test may replace it.
+  const { sleep: given, ...serving_ } = disagg;
+  const sleep = given ?? virtualSleep(clock);
   const serving: DisaggServing | undefined =
     workerType === null
       ? undefined
@@ -82,14 +84,14 @@ function worker(clock: VirtualClock, workerType: WorkerType | null, disagg: Part
           connect: async () => {
             throw new Error('no bootstrap server in this test');
           },
-          ...disagg,
-          sleep: (ms, signal) => {
-            sleeps.push(ms);
-            return sleep(ms, signal);
-          },
+          ...serving_,
         };
   const server = new RequestServer({
     disagg: serving,
+    sleep: (ms, signal) => {
+      sleeps.push(ms);
+      return sleep(ms, signal);
+    },
     loop,
     queues: engine.ranks.map(() => new PQueue({ concurrency: engine.setup.maxNumSeqs })),
     xxh,
@@ -107,7 +109,7 @@ function worker(clock: VirtualClock, workerType: WorkerType | null, disagg: Part
 }
 
 /** A prefill worker with a bootstrap rendezvous and a decode worker that "connects" to it in memory. */
-function disaggPair(clock: VirtualClock, o: { prefill?: Partial<DisaggServing>; decode?: Partial<DisaggServing>; setup?: Partial<EngineSetup> } = {}) {
+function disaggPair(clock: VirtualClock, o: { prefill?: Partial<DisaggServing> & { sleep?: Sleep }; decode?: Partial<DisaggServing> & { sleep?: Sleep }; setup?: Partial<EngineSetup> } = {}) {
   const rendezvous = new HandoffRendezvous({ rendezvousTimeoutMs: 30_000, maxSessions: 16 });
   /** The decode's end of every bootstrap connection made. */
   const connections: QueuedChannel[] = [];
@@ -141,7 +143,7 @@ async function pairStalledInTransfer(prefill: Worker, decode: Worker, transfer: 
 }
 
 /** A transfer wait that never ends by itself (only its abort signal ends it), and whether it has begun. */
-function stalledTransfer(): { sleep: DisaggServing['sleep']; started: () => boolean } {
+function stalledTransfer(): { sleep: Sleep; started: () => boolean } {
   let begun = false;
   return {
     started: () => begun,
