@@ -106,6 +106,11 @@ export class DisaggDriver {
   }
 
   /** Runs until every request is decoded (or refused); returns the virtual time of the last event. */
+  /** Runs `action` at `atMs` on the shared clock (see FleetDriver.at). */
+  at(atMs: number, action: (nowMs: number) => void, beforeArrivals = false): void {
+    this.fleet.at(atMs, action, beforeArrivals);
+  }
+
   run(): number {
     const endMs = this.fleet.run();
     const waiting = this.byPrefillSeq.size + this.byDecodeSeq.size;

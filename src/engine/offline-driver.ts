@@ -31,6 +31,8 @@ export function roundRobin(workers: readonly number[]): WorkerPicker {
 /** An arrival (`request`) or a timed action, e.g. the end of a KV transfer. */
 interface TimedEvent {
   atMs: number;
+  /** 0: before the arrivals due at the same time (see FleetDriver.at); 1: in scheduling order. */
+  tier: 0 | 1;
   order: number;
   request?: EngineRequest;
   action?: (nowMs: number) => void;
@@ -84,7 +86,9 @@ class EventHeap {
 }
 
 function before(x: TimedEvent, y: TimedEvent): boolean {
-  return x.atMs < y.atMs || (x.atMs === y.atMs && x.order < y.order);
+  if (x.atMs !== y.atMs) return x.atMs < y.atMs;
+  if (x.tier !== y.tier) return x.tier < y.tier;
+  return x.order < y.order;
 }
 
 /**
@@ -102,9 +106,11 @@ export class FleetDriver {
   private readonly slotRank: number[] = [];
   private readonly firstSlot: number[] = [];
   /** When each slot finishes its current pass (it may start the next one then). */
-  private readonly freeAt: number[] = [];
-  /** A slot that made no progress waits to be woken (an arrival, `wake`) instead of spinning. */
-  private readonly stalled: boolean[] = [];
+  private readonly freeAt: Float64Array;
+  /** A slot that made no progress waits to be woken (an arrival, `wake`) instead of spinning (1). */
+  private readonly stalled: Uint8Array;
+  /** Some slot was woken since `run` last computed the earliest free slot (it must look again). */
+  private woken = true;
   passes = 0;
   nowMs = 0;
 
@@ -119,20 +125,25 @@ export class FleetDriver {
         this.schedulers.push(scheduler);
         this.slotWorker.push(worker);
         this.slotRank.push(rank);
-        this.freeAt.push(0);
-        this.stalled.push(false);
       });
     });
+    this.freeAt = new Float64Array(this.schedulers.length);
+    this.stalled = new Uint8Array(this.schedulers.length);
   }
 
   /** Schedules a request to arrive at `atMs` (may be called from callbacks, e.g. closed loops). */
   schedule(atMs: number, request: EngineRequest): void {
-    this.events.push({ atMs, order: this.order++, request });
+    this.events.push({ atMs, tier: 1, order: this.order++, request });
   }
 
-  /** Runs `action` at `atMs`, after the events scheduled earlier for that time and before its passes. */
-  at(atMs: number, action: (nowMs: number) => void): void {
-    this.events.push({ atMs, order: this.order++, action });
+  /**
+   * Runs `action` at `atMs`, after the events scheduled earlier for that time and before its passes.
+   * `beforeArrivals` puts it ahead of every arrival due then too: what a pass's end tells a router
+   * (a first token, a finished stream) reaches it before the requests arriving at that instant are
+   * routed, as in Dynamo's replay.
+   */
+  at(atMs: number, action: (nowMs: number) => void, beforeArrivals = false): void {
+    this.events.push({ atMs, tier: beforeArrivals ? 0 : 1, order: this.order++, action });
   }
 
   /** Engine `worker` (only `rank`, if given) may have new work: idle ranks start a pass now, busy ones after theirs. */
@@ -141,22 +152,31 @@ export class FleetDriver {
     const ranks = this.engines[worker].ranks.length;
     for (let r = rank ?? 0, end = rank === undefined ? ranks : rank + 1; r < end; r++) {
       const slot = first + r;
-      this.stalled[slot] = false;
+      this.stalled[slot] = 0;
       if (this.freeAt[slot] < this.nowMs) this.freeAt[slot] = this.nowMs;
     }
+    this.woken = true;
   }
 
   /** Runs until every event is handled and every engine is idle; returns the virtual time of the last event. */
   run(): number {
     const schedulers = this.schedulers;
     const slots = schedulers.length;
+    const { freeAt, stalled } = this;
+    // The earliest time a busy slot is free: computed while stepping, rescanned only after a wake.
+    let earliestFree = Infinity;
+    this.woken = true;
     for (;;) {
-      let next = Infinity;
-      const head = this.events.peek();
-      if (head) next = head.atMs;
-      for (let s = 0; s < slots; s++) {
-        if (!schedulers[s].idle && !this.stalled[s] && this.freeAt[s] < next) next = this.freeAt[s];
+      if (this.woken) {
+        this.woken = false;
+        earliestFree = Infinity;
+        for (let s = 0; s < slots; s++) {
+          if (!schedulers[s].idle && !stalled[s] && freeAt[s] < earliestFree) earliestFree = freeAt[s];
+        }
       }
+      let next = earliestFree;
+      const head = this.events.peek();
+      if (head && head.atMs < next) next = head.atMs;
       if (next === Infinity) {
         const busy = this.engines.findIndex((e) => !e.idle);
         if (busy >= 0) {
@@ -175,13 +195,18 @@ export class FleetDriver {
         else e.action!(now);
       }
 
+      earliestFree = Infinity;
       for (let s = 0; s < slots; s++) {
         const scheduler = schedulers[s];
-        if (scheduler.idle || this.stalled[s] || this.freeAt[s] > now) continue;
+        if (scheduler.idle || stalled[s]) continue;
+        if (freeAt[s] > now) {
+          if (freeAt[s] < earliestFree) earliestFree = freeAt[s];
+          continue;
+        }
         const result = scheduler.step(now);
         this.passes++;
-        this.freeAt[s] = result.endMs;
-        if (result.scheduledTokens === 0 && result.emitted.length === 0) this.stalled[s] = true;
+        freeAt[s] = result.endMs;
+        if (result.scheduledTokens === 0 && result.emitted.length === 0) stalled[s] = 1;
         const worker = this.slotWorker[s];
         this.callbacks.onPass?.(this.slotRank[s], result, worker);
         const { onToken, onFinish } = this.callbacks;
@@ -190,6 +215,7 @@ export class FleetDriver {
           onToken?.(emitted[i], tokens[i], result.endMs, worker);
           if (emitted[i].done) onFinish?.(emitted[i], result.endMs, worker);
         }
+        if (!stalled[s] && !scheduler.idle && result.endMs < earliestFree) earliestFree = result.endMs;
       }
     }
   }
