@@ -676,11 +676,16 @@ function digitsAt(s: string, i: number, len: number): number {
   let v = 0;
   for (let k = i; k < i + len; k++) {
     const c = s.charCodeAt(k);
-    if (c < 48 || c > 57) return -1;
+    // written so that NaN (past the end) fails too
+    if (!(c >= 48 && c <= 57)) return -1;
     v = v * 10 + (c - 48);
   }
   return v;
 }
+
+/** The last `YYYY-MM-DD` parseDateTime accepted, and its midnight in UTC seconds since the epoch. */
+let cachedDay = '';
+let cachedDaySec = 0;
 
 /**
  * `YYYY-MM-DD HH:MM:SS[.fraction][Z|±HH:MM|±HHMM]` (a `T` separator too) into outSec/outNs, UTC seconds
@@ -691,14 +696,20 @@ function parseDateTime(s: string): boolean {
   if (n < 19 || s.charCodeAt(4) !== 45 || s.charCodeAt(7) !== 45 || s.charCodeAt(13) !== 58 || s.charCodeAt(16) !== 58) return false;
   const sep = s.charCodeAt(10);
   if (sep !== 32 && sep !== 84) return false;
-  const y = digitsAt(s, 0, 4);
-  const mo = digitsAt(s, 5, 2);
-  const d = digitsAt(s, 8, 2);
+  // Consecutive rows almost always share the day: validate and convert it once.
+  if (cachedDay === '' || !s.startsWith(cachedDay)) {
+    const y = digitsAt(s, 0, 4);
+    const mo = digitsAt(s, 5, 2);
+    const d = digitsAt(s, 8, 2);
+    if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > new Date(Date.UTC(y, mo, 0)).getUTCDate()) return false;
+    // Date.UTC maps years 0-99 to 1900-1999; no trace is that old.
+    cachedDaySec = Date.UTC(y, mo - 1, d) / 1000;
+    cachedDay = s.slice(0, 10);
+  }
   const hh = digitsAt(s, 11, 2);
   const mi = digitsAt(s, 14, 2);
   const ss = digitsAt(s, 17, 2);
-  if (y < 0 || mo < 1 || mo > 12 || d < 1 || hh < 0 || hh > 23 || mi < 0 || mi > 59 || ss < 0 || ss > 59) return false;
-  if (d > new Date(Date.UTC(y, mo, 0)).getUTCDate()) return false;
+  if (hh < 0 || hh > 23 || mi < 0 || mi > 59 || ss < 0 || ss > 59) return false;
   let i = 19;
   outNs = 0;
   if (i < n && s.charCodeAt(i) === 46) {
@@ -718,7 +729,6 @@ function parseDateTime(s: string): boolean {
       i = n;
     } else return false;
   }
-  // Date.UTC maps years 0-99 to 1900-1999; no trace is that old.
-  outSec = Date.UTC(y, mo - 1, d, hh, mi, ss) / 1000 - offsetMin * 60;
+  outSec = cachedDaySec + hh * 3600 + mi * 60 + ss - offsetMin * 60;
   return true;
 }

@@ -295,6 +295,18 @@ describe('Azure LLM inference traces', () => {
     expect(parse(text).records.map((r) => r.timestampMs)).toEqual([499.9999, 249.9999, 0, 123.456689]);
   });
 
+  it('days change correctly from row to row, leap days included', () => {
+    const text = [
+      'TIMESTAMP,ContextTokens,GeneratedTokens',
+      '2024-02-28 23:59:59.5,1,1',
+      '2024-02-29 00:00:00.5,1,1',
+      '2024-03-01 00:00:00.5,1,1',
+      '2024-02-28 23:59:59.5,1,1',
+    ].join('\n');
+    expect(parse(text).records.map((r) => r.timestampMs)).toEqual([0, 1000, 86_401_000, 0]);
+    expect(traceError(() => parse(text.replace('2024-03-01', '2023-02-29'))).message).toMatch(/^trace line 4: 'TIMESTAMP' must be a date and time/);
+  });
+
   it('rows with 0 context tokens are skipped and counted; 0 generated tokens are kept', () => {
     const parsed = parse('TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,0,5\n2023-11-16 18:15:46.2,7,0\n');
     expect(parsed.skippedRows).toBe(1);
@@ -309,6 +321,9 @@ describe('Azure LLM inference traces', () => {
     ['2023-02-30 18:15:46,12,3', 7, `'TIMESTAMP' must be a date and time`],
     ['2023-11-16 18:15:46.,12,3', 7, `'TIMESTAMP' must be a date and time`],
     ['2023-11-16 18:15:46+25:00,12,3', 7, `'TIMESTAMP' must be a date and time`],
+    ['2023-11-16 18:15:46+0,12,3', 7, `'TIMESTAMP' must be a date and time`],
+    ['2023-11-16 18:15:4,12,3', 7, `'TIMESTAMP' must be a date and time`],
+    ['2023-11-16 24:00:00,12,3', 7, `'TIMESTAMP' must be a date and time`],
     ['1700158546,12,3', 7, `'TIMESTAMP' must be a date and time`],
     ['2023-11-16 18:15:46.6805900,12', 7, 'expected 3 comma-separated fields as in the header, got 2'],
     ['"2023-11-16 18:15:46.6805900,12,3', 7, 'unterminated quoted CSV field (fields cannot span lines)'],
