@@ -113,25 +113,40 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
   });
 
   const replay = new Command('replay')
-    .description('replay a Mooncake-style JSONL trace through the engine on a virtual clock')
+    .description('replay a request trace (or a synthetic workload) through a fleet of simulated workers on a virtual clock')
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err })
-    .option('--trace <file.jsonl>', 'trace: one {timestamp, input_length, output_length, hash_ids} object per line')
-    .option('--trace-block-size <n>', `tokens per trace hash id${d(REPLAY_DEFAULTS.traceBlockSize)}`)
-    .option('--arrival-speedup <x>', `open loop: divide trace timestamps by x${d(REPLAY_DEFAULTS.arrivalSpeedup)}`)
+    .option('--trace <file>', 'trace file: Mooncake JSONL (with sessions or agentic waits), Azure LLM inference CSV, BurstGPT CSV or Alibaba Bailian JSONL')
+    .option('--trace-format <format>', 'mooncake, agentic, azure, burstgpt or bailian (default: detected from the file)')
+    .option('--synthetic <spec>', "instead of --trace: a seeded synthetic workload, e.g. 'requests=2000,isl=normal:3000:800,osl=200,shared-prefix=0.5,rate=20'")
+    .option('--trace-block-size <n>', `tokens per trace hash id (default: ${REPLAY_DEFAULTS.traceBlockSize}; Bailian traces 16)`)
+    .option('--arrival-speedup <x>', `open loop: divide trace timestamps (and think times) by x${d(REPLAY_DEFAULTS.arrivalSpeedup)}`)
     .option('--concurrency <n>', 'closed loop: keep n requests in flight, ignoring timestamps')
-    .option('--output <file.jsonl>', 'write one JSON line per request, in trace order')
-    .option('--summary <file.json>', 'write the summary as JSON')
+    .option('--num-workers <n>', `aggregated workers, each its own engine (KV cache, DP ranks)${d(REPLAY_DEFAULTS.numWorkers)}`)
+    .option('--router <mode>', `how requests are spread over the workers: round-robin, random, least-loaded or kv (Dynamo's KV-aware cost function)${d(REPLAY_DEFAULTS.router)}`)
+    .option('--kv-overlap-score-weight <w>', `kv router: weight of the prompt blocks still to compute against the decode load${d(REPLAY_DEFAULTS.kvOverlapScoreWeight)}`)
+    .option('--router-temperature <t>', `kv router: 0 picks the lowest cost; above 0 samples a softmax over the costs${d(REPLAY_DEFAULTS.routerTemperature)}`)
+    .option('--sweep <flag=v1,v2,...>', "replay every combination of the values (repeatable), in parallel; e.g. --sweep 'num-workers=4,8' --sweep 'router=round-robin,kv'", (v: string, prev: string[] = []) => [...prev, v])
+    .option('--sweep-jobs <n>', 'sweeps: configurations replayed at once, each on its own thread (default: the number of CPUs)')
+    .option('--output <file.jsonl>', 'write one JSON line per request, in trace order (sweeps: one line per configuration)')
+    .option('--summary <file.json>', 'write the summary as JSON (sweeps: every configuration\'s row)')
+    .option('--report <file.html>', 'write a self-contained HTML report: latency distributions, per-worker load over time (sweeps: the Pareto chart)')
     .option('--model-path <path>', 'local model directory or cached repo id for vocabulary, context length and KV bytes per token')
-    .option('--prefill-workers <n>', 'disaggregated: prefill workers, round-robin (needs --decode-workers; default: one aggregated worker)')
-    .option('--decode-workers <n>', 'disaggregated: decode workers, round-robin (needs --prefill-workers; default: one aggregated worker)')
+    .option('--prefill-workers <n>', 'disaggregated: prefill workers, round-robin (needs --decode-workers; default: aggregated workers)')
+    .option('--decode-workers <n>', 'disaggregated: decode workers, round-robin (needs --prefill-workers; default: aggregated workers)')
     .option('--no-progress', 'do not print progress to stderr');
   addEngineOptions(replay);
   addKvTransferOptions(replay);
   replay.action(async (opts: RawOptions) => {
+    const command = `dynamo-mocker ${argv.map(shellWord).join(' ')}`;
+    if (Array.isArray(opts.sweep)) {
+      const { runSweep } = await import('./replay/sweep.js');
+      exitCode.value = await runSweep(opts, argv, io, command);
+      return;
+    }
     const config = parseReplayConfig(opts, argv);
     const { runReplay } = await import('./replay/run-replay.js');
-    exitCode.value = await runReplay(config, io);
+    exitCode.value = await runReplay(config, io, command);
   });
   program.addCommand(replay);
   addRequestCommand(
@@ -141,6 +156,11 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     (code) => (exitCode.value = code),
   );
   return program;
+}
+
+/** A command-line word as a POSIX shell would need it (for the report's header). */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
 /** An error message as one line of stderr: control characters (a file's newlines quoted back) become spaces, credentials `***`. */

@@ -9,6 +9,7 @@ import { FaultPlanError, parseFaultPlan, type FaultPlan } from './faults/fault-p
 import { ConfigError } from './config-error.js';
 import { readModelInfo } from './model/model-info.js';
 import { CARD_FILE_NAMES, parseRepoId, type CardFileKind } from './model/resolve-model.js';
+import { TRACE_FORMATS } from './replay/trace-formats.js';
 import { autoStaggerDelayS } from './worker-launch.js';
 
 export { ConfigError };
@@ -110,7 +111,17 @@ export const REPLAY_DEFAULTS = {
   /** --prefill-workers / --decode-workers: null (both) = one aggregated worker. */
   prefillWorkers: null as number | null,
   decodeWorkers: null as number | null,
+  /** --num-workers: aggregated workers, each its own engine (KV pool and DP ranks). */
+  numWorkers: 1,
+  router: 'round-robin' as ReplayRouter,
+  /** --kv-overlap-score-weight: Dynamo's (deprecated) weight, now its prefill_load_scale. */
+  kvOverlapScoreWeight: 1.0,
+  /** --router-temperature: 0 = argmin; above 0 samples softmax(−logit / (spread × temperature)). */
+  routerTemperature: 0.0,
 } as const;
+
+export type ReplayRouter = 'round-robin' | 'random' | 'least-loaded' | 'kv';
+export const REPLAY_ROUTERS: readonly ReplayRouter[] = ['round-robin', 'random', 'least-loaded', 'kv'];
 
 /** Upper bound for --prefill-workers and --decode-workers (each worker is a whole engine in memory). */
 const MAX_REPLAY_POOL = 4096;
@@ -264,15 +275,27 @@ export interface ReplayConfig {
   engine: EngineSettings;
   kvTransfer: KvTransferConfig;
   modelPath: string | null;
-  tracePath: string;
-  traceBlockSize: number;
+  /** --trace (null with --synthetic). */
+  tracePath: string | null;
+  /** --trace-format; null = detect from the file. */
+  traceFormat: string | null;
+  /** --synthetic SPEC (instead of --trace). */
+  synthetic: string | null;
+  /** --trace-block-size; null = the format's own (512 for Mooncake-like traces, 16 for Bailian). */
+  traceBlockSize: number | null;
   arrivalSpeedup: number;
   concurrency: number | null;
   /** Disaggregated replay: prefill and decode pool sizes, both set or both null (aggregated). */
   prefillWorkers: number | null;
   decodeWorkers: number | null;
+  numWorkers: number;
+  router: ReplayRouter;
+  kvOverlapScoreWeight: number;
+  routerTemperature: number;
   outputPath: string | null;
   summaryPath: string | null;
+  /** --report: a self-contained HTML report. */
+  reportPath: string | null;
   progress: boolean;
 }
 
@@ -974,9 +997,16 @@ export function parseWorkerConfig(raw: RawOptions, argv: readonly string[], env:
 
 export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): ReplayConfig {
   const { startupTimeS: _ignored, ...engine } = parseEngineSettings(raw, argv);
-  if (raw.trace === undefined) throw new ConfigError('--trace', 'is required (a Mooncake-style JSONL file)');
-  const tracePath = readableFile('--trace', asString('--trace', raw.trace));
-  const traceBlockSize = raw.traceBlockSize === undefined ? REPLAY_DEFAULTS.traceBlockSize : parseInteger('--trace-block-size', raw.traceBlockSize, 1, 1 << 20);
+  if (raw.trace === undefined && raw.synthetic === undefined) throw new ConfigError('--trace', 'is required (a trace file), unless --synthetic describes a workload');
+  if (raw.trace !== undefined && raw.synthetic !== undefined) throw new ConfigError('--synthetic', 'and --trace are mutually exclusive');
+  const tracePath = raw.trace === undefined ? null : readableFile('--trace', asString('--trace', raw.trace));
+  const synthetic = raw.synthetic === undefined ? null : asString('--synthetic', raw.synthetic);
+  const traceFormat = raw.traceFormat === undefined ? null : asString('--trace-format', raw.traceFormat).toLowerCase();
+  if (traceFormat !== null && !(TRACE_FORMATS as readonly string[]).includes(traceFormat)) {
+    throw new ConfigError('--trace-format', `must be one of ${TRACE_FORMATS.join(', ')}, got '${asString('--trace-format', raw.traceFormat)}'`);
+  }
+  if (traceFormat !== null && tracePath === null) throw new ConfigError('--trace-format', 'needs --trace');
+  const traceBlockSize = raw.traceBlockSize === undefined ? null : parseInteger('--trace-block-size', raw.traceBlockSize, 1, 1 << 20);
   const arrivalSpeedup = raw.arrivalSpeedup === undefined ? REPLAY_DEFAULTS.arrivalSpeedup : parseNumber('--arrival-speedup', raw.arrivalSpeedup, { exclusiveMin: 0, allowInf: true });
   const concurrency = raw.concurrency === undefined ? REPLAY_DEFAULTS.concurrency : parseInteger('--concurrency', raw.concurrency, 1, 1 << 20);
   if (concurrency !== null && raw.arrivalSpeedup !== undefined) {
@@ -990,6 +1020,25 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     const [missing, given] = prefillWorkers === null ? ['--prefill-workers', '--decode-workers'] : ['--decode-workers', '--prefill-workers'];
     throw new ConfigError(missing, `is required with ${given}: disaggregated replay needs both pools`);
   }
+  const numWorkers = raw.numWorkers === undefined ? REPLAY_DEFAULTS.numWorkers : parseInteger('--num-workers', raw.numWorkers, 1, MAX_REPLAY_POOL);
+  if (prefillWorkers !== null && raw.numWorkers !== undefined) {
+    throw new ConfigError('--num-workers', 'counts aggregated workers; disaggregated replay sizes its pools with --prefill-workers and --decode-workers');
+  }
+  let router = REPLAY_DEFAULTS.router;
+  if (raw.router !== undefined) {
+    const name = asString('--router', raw.router).toLowerCase().replace(/_/g, '-');
+    const alias: Record<string, ReplayRouter> = { 'kv-router': 'kv', roundrobin: 'round-robin', 'least-load': 'least-loaded' };
+    const chosen = (REPLAY_ROUTERS as readonly string[]).includes(name) ? (name as ReplayRouter) : alias[name];
+    if (!chosen) throw new ConfigError('--router', `must be one of ${REPLAY_ROUTERS.join(', ')}, got '${asString('--router', raw.router)}'`);
+    router = chosen;
+  }
+  if (prefillWorkers !== null && router !== 'round-robin') {
+    throw new ConfigError('--router', 'disaggregated replay routes round-robin within each pool; drop --router or --prefill-workers/--decode-workers');
+  }
+  const kvOverlapScoreWeight =
+    raw.kvOverlapScoreWeight === undefined ? REPLAY_DEFAULTS.kvOverlapScoreWeight : parseNumber('--kv-overlap-score-weight', raw.kvOverlapScoreWeight, { min: 0 });
+  const routerTemperature =
+    raw.routerTemperature === undefined ? REPLAY_DEFAULTS.routerTemperature : parseNumber('--router-temperature', raw.routerTemperature, { min: 0 });
   const modelPath = raw.modelPath === undefined ? null : asString('--model-path', raw.modelPath);
   if (modelPath !== null) checkModelPath(modelPath);
   return {
@@ -997,13 +1046,20 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     kvTransfer: parseKvTransfer(raw),
     modelPath,
     tracePath,
+    traceFormat,
+    synthetic,
     traceBlockSize,
     arrivalSpeedup,
     concurrency,
     prefillWorkers,
     decodeWorkers,
+    numWorkers,
+    router,
+    kvOverlapScoreWeight,
+    routerTemperature,
     outputPath: raw.output === undefined ? null : asString('--output', raw.output),
     summaryPath: raw.summary === undefined ? null : asString('--summary', raw.summary),
+    reportPath: raw.report === undefined ? null : asString('--report', raw.report),
     progress: raw.progress === undefined ? true : Boolean(raw.progress),
   };
 }

@@ -14,6 +14,8 @@ export interface RequestResult {
   cached_tokens: number;
   preemptions: number;
   dp_rank: number | null;
+  /** Fleet replay (--num-workers above 1) only: the worker (0..N-1) the router chose; null if never routed. */
+  worker?: number | null;
   // Disaggregated replay only (absent otherwise).
   /** Prefill worker (0..P-1) that ran (or refused) the prompt; null when there was nothing to decode. */
   prefill_worker?: number | null;
@@ -54,6 +56,48 @@ export interface ReplaySummary {
   passes: number;
   /** Disaggregated replay only. */
   disagg?: DisaggSummary;
+  /** Fleet replay (--num-workers above 1) only. */
+  fleet?: FleetSummary;
+}
+
+/** One worker of a fleet: what it was given and what it did with it. */
+export interface FleetWorkerSummary {
+  worker: number;
+  /** Requests routed to it (refused ones included). */
+  requests: number;
+  completed: number;
+  input_tokens: number;
+  cached_tokens: number;
+  /** cached over input tokens of its completed requests. */
+  prefix_hit_rate: number;
+  output_tokens: number;
+  preemptions: number;
+  passes: number;
+  /** Time its DP ranks spent in passes over (DP ranks × the run's duration). */
+  busy_fraction: number;
+  ttft_ms: Percentiles;
+}
+
+/** How unevenly a per-worker figure is spread: max over mean (1 = perfectly even) and the coefficient of variation. */
+export interface Spread {
+  min: number;
+  max: number;
+  mean: number;
+  max_over_mean: number;
+  cv: number;
+}
+
+export interface FleetSummary {
+  router: string;
+  workers: number;
+  per_worker: FleetWorkerSummary[];
+  spread: { requests: Spread; input_tokens: Spread; busy_fraction: Spread; prefix_hit_rate: Spread };
+}
+
+/** What the replay measured of one fleet worker's passes. */
+export interface WorkerUsage {
+  passes: number;
+  busyMs: number;
 }
 
 export interface PoolSummary {
@@ -168,6 +212,65 @@ export function summarizeDisagg(
   };
 }
 
+function spread(values: readonly number[]): Spread {
+  const round = (x: number): number => Math.round(x * 1e6) / 1e6;
+  if (values.length === 0) return { min: 0, max: 0, mean: 0, max_over_mean: 0, cv: 0 };
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  const variance = values.reduce((a, v) => a + (v - mean) ** 2, 0) / values.length;
+  return {
+    min: round(Math.min(...values)),
+    max: round(Math.max(...values)),
+    mean: round(mean),
+    max_over_mean: mean > 0 ? round(Math.max(...values) / mean) : 0,
+    cv: mean > 0 ? round(Math.sqrt(variance) / mean) : 0,
+  };
+}
+
+/** The per-worker part of a fleet replay's summary. */
+export function summarizeFleet(results: readonly RequestResult[], durationMs: number, router: string, usage: readonly WorkerUsage[], ranksPerWorker: number): FleetSummary {
+  const per: FleetWorkerSummary[] = usage.map((u, worker) => ({
+    worker,
+    requests: 0,
+    completed: 0,
+    input_tokens: 0,
+    cached_tokens: 0,
+    prefix_hit_rate: 0,
+    output_tokens: 0,
+    preemptions: 0,
+    passes: u.passes,
+    busy_fraction: durationMs > 0 ? Math.round((u.busyMs / (durationMs * ranksPerWorker)) * 1e6) / 1e6 : 0,
+    ttft_ms: stats([]),
+  }));
+  const ttfts: number[][] = usage.map(() => []);
+  for (const r of results) {
+    if (r.worker === null || r.worker === undefined) continue;
+    const w = per[r.worker];
+    w.requests++;
+    if (r.error !== undefined || r.finish_ms === null) continue;
+    w.completed++;
+    w.input_tokens += r.input_tokens;
+    w.cached_tokens += r.cached_tokens;
+    w.output_tokens += r.output_tokens;
+    w.preemptions += r.preemptions;
+    if (r.ttft_ms !== null) ttfts[r.worker].push(r.ttft_ms);
+  }
+  for (const w of per) {
+    w.prefix_hit_rate = w.input_tokens > 0 ? Math.round((w.cached_tokens / w.input_tokens) * 1e6) / 1e6 : 0;
+    w.ttft_ms = stats(ttfts[w.worker]);
+  }
+  return {
+    router,
+    workers: per.length,
+    per_worker: per,
+    spread: {
+      requests: spread(per.map((w) => w.requests)),
+      input_tokens: spread(per.map((w) => w.input_tokens)),
+      busy_fraction: spread(per.map((w) => w.busy_fraction)),
+      prefix_hit_rate: spread(per.map((w) => w.prefix_hit_rate)),
+    },
+  };
+}
+
 function fmt(v: number | null): string {
   return v === null ? '-' : v.toFixed(2);
 }
@@ -180,6 +283,14 @@ export function summaryTable(s: ReplaySummary): string {
   rows.push(`throughput      ${s.requests_per_s.toFixed(3)} req/s, ${s.output_tokens_per_s.toFixed(1)} output tok/s, ${s.total_tokens_per_s.toFixed(1)} total tok/s`);
   rows.push(`prefix hits     ${(s.prefix_hit_rate * 100).toFixed(2)}% of ${s.input_tokens} input tokens cached`);
   rows.push(`preemptions     ${s.preemptions}`);
+  const fl = s.fleet;
+  if (fl) {
+    const sp = fl.spread;
+    rows.push(`fleet           ${fl.workers} workers, ${fl.router} router`);
+    rows.push(
+      `spread          requests ${sp.requests.min}–${sp.requests.max} per worker (max/mean ${sp.requests.max_over_mean.toFixed(3)}), busy ${pct(sp.busy_fraction.min)}–${pct(sp.busy_fraction.max)}, prefix hits ${pct(sp.prefix_hit_rate.min)}–${pct(sp.prefix_hit_rate.max)}`,
+    );
+  }
   const dg = s.disagg;
   if (dg) {
     rows.push(`disaggregated   ${dg.prefill.workers} prefill + ${dg.decode.workers} decode workers, round-robin; ${transferLine(dg)}`);
@@ -195,6 +306,15 @@ export function summaryTable(s: ReplaySummary): string {
   if (dg) latencies.push(['prefill', dg.prefill_ms], ['handoff', dg.handoff_ms], ['KV transfer', dg.transfer_ms]);
   for (const [name, p] of latencies) {
     rows.push(`${name.padEnd(12)}${fmt(p.p50).padStart(11)}${fmt(p.p90).padStart(11)}${fmt(p.p99).padStart(11)}${fmt(p.mean).padStart(11)}`);
+  }
+  if (fl) {
+    rows.push('');
+    rows.push('worker  requests  completed  prefix hits   busy   TTFT p50   TTFT p90  preemptions');
+    for (const w of fl.per_worker) {
+      rows.push(
+        `${String(w.worker).padStart(6)}${String(w.requests).padStart(10)}${String(w.completed).padStart(11)}${pct(w.prefix_hit_rate).padStart(13)}${pct(w.busy_fraction).padStart(7)}${fmt(w.ttft_ms.p50).padStart(11)}${fmt(w.ttft_ms.p90).padStart(11)}${String(w.preemptions).padStart(13)}`,
+      );
+    }
   }
   return rows.join('\n');
 }

@@ -1,18 +1,23 @@
-// `dynamo-mocker replay`: runs a trace through one engine, or prefill and decode pools, on a virtual clock and reports latencies.
-import { readFileSync, writeFileSync } from 'node:fs';
+// `dynamo-mocker replay`: runs a trace through a fleet of engines behind a router, or prefill and decode pools, on a virtual clock.
+import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Engine, type EngineRequest, type SubmitResult } from '../core/engine.js';
 import { resolveKvTransfer, type KvTransferSettings } from '../core/kv-transfer.js';
+import type { FleetRouter } from '../core/router/fleet-router.js';
 import type { Sequence } from '../core/sequence.js';
 import type { ReplayConfig } from '../config.js';
 import { DisaggDriver } from '../engine/disagg-driver.js';
-import { OfflineDriver } from '../engine/offline-driver.js';
+import { FleetDriver } from '../engine/offline-driver.js';
 import { createXxh3 } from '../hashing/xxh3.js';
 import { loadTimingModel } from '../npz/profile-loader.js';
 import { loadModelLimits } from '../model/model-limits.js';
-import { roundMs, summarize, summarizeDisagg, summaryTable, type PoolUsage, type ReplaySummary, type RequestResult } from './report.js';
+import { renderHtmlReport } from './html-report.js';
+import { createRouter, routeRequest } from './replay-routing.js';
+import { roundMs, summarize, summarizeDisagg, summarizeFleet, summaryTable, type PoolUsage, type ReplaySummary, type RequestResult, type WorkerUsage } from './report.js';
+import type { Timeline } from './report-data.js';
 import { SyntheticPrompts } from './synthetic-prompts.js';
-import { parseTrace, type TraceRecord } from './trace.js';
+import { TimelineSampler } from './timeline.js';
+import { loadWorkload, type Workload } from './workload.js';
 
 export interface ReplayIo {
   out: (text: string) => void;
@@ -25,31 +30,42 @@ export interface ReplayIo {
 export interface ReplayOutcome {
   results: RequestResult[];
   summary: ReplaySummary;
+  /** Only when asked for (`timeline: true`): per-worker state over simulated time, for the report. */
+  timeline: Timeline | null;
 }
 
 /** What both drivers offer the replay: arrivals, the run, and the clock and pass count for progress. */
 interface Simulation {
   schedule(atMs: number, request: EngineRequest): void;
+  at(atMs: number, action: (nowMs: number) => void, beforeArrivals?: boolean): void;
   run(): number;
   readonly nowMs: number;
   readonly passes: number;
 }
 
 /** Runs the replay in memory (no files written); the CLI wrapper handles output files. */
-export async function simulateTrace(config: ReplayConfig, records: TraceRecord[], io: ReplayIo, opts: { markPrivate?: boolean } = {}): Promise<ReplayOutcome> {
+export async function simulateTrace(
+  config: ReplayConfig,
+  workload: Workload,
+  io: ReplayIo,
+  opts: { markPrivate?: boolean; timeline?: boolean } = {},
+): Promise<ReplayOutcome> {
+  const { records } = workload;
   const hasher = await createXxh3();
   const timing = loadTimingModel(config.engine.plannerProfileData ?? undefined, (msg) => io.err(`error: ${msg}\n`));
   const limits = await loadModelLimits(config.modelPath, io.env, (msg) => io.err(`warning: ${msg}\n`));
   const prompts = new SyntheticPrompts(
     config.engine.enablePrefixCaching ? hasher : null,
     config.engine.blockSize,
-    config.traceBlockSize,
+    workload.traceBlockSize,
     limits.vocabSize,
     config.engine.seed,
     opts.markPrivate ?? true,
   );
   prompts.prepare(records);
   const disagg = config.prefillWorkers !== null && config.decodeWorkers !== null;
+  // Rows name their worker only when there is a choice of worker (a fleet of one writes what it always did).
+  const fleet = !disagg && config.numWorkers > 1;
 
   const results: RequestResult[] = records.map((r) => ({
     index: r.index,
@@ -64,12 +80,27 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
     cached_tokens: 0,
     preemptions: 0,
     dp_rank: null,
+    ...(fleet ? { worker: null } : {}),
     // Only disaggregated rows carry these (aggregated output stays as it was).
     ...(disagg ? { prefill_worker: null, decode_worker: null, prefill_done_ms: null, transfer_ms: null, decode_start_ms: null } : {}),
   }));
 
-  let nextClosedLoop = 0;
+  let nextRoot = 0;
   let finished = 0;
+  // Dependent records (sessions, agentic traces): how many of their requests are still going, and
+  // when the last of those ended.
+  const waitingOn = new Int32Array(records.length);
+  const lastDependencyEnd = new Float64Array(records.length);
+  const dependents = new Map<number, number[]>();
+  for (const r of records) {
+    if (!r.after) continue;
+    waitingOn[r.index] = r.after.indices.length;
+    for (const i of r.after.indices) {
+      const list = dependents.get(i);
+      if (list) list.push(r.index);
+      else dependents.set(i, [r.index]);
+    }
+  }
   const started = performance.now();
   let lastProgress = started;
   const progress = (force: boolean): void => {
@@ -82,6 +113,22 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
     io.err(io.isTty ? `\r${line}` : `${line}\n`);
   };
 
+  /**
+   * Request `key` ended (finished or failed) at `atMs`: dependents whose last
+   * dependency it was are issued after their delay, and in a closed loop its slot passes to those
+   * dependents or, when there are none, to the next independent record.
+   */
+  const ended = (key: number, atMs: number): void => {
+    finished++;
+    let issued = 0;
+    for (const d of dependents.get(key) ?? []) {
+      lastDependencyEnd[d] = Math.max(lastDependencyEnd[d], atMs);
+      if (--waitingOn[d] > 0) continue;
+      sim.schedule(lastDependencyEnd[d] + records[d].after!.delayMs / config.arrivalSpeedup, prompts.request(records[d]));
+      issued++;
+    }
+    if (config.concurrency !== null && issued === 0) submitNext(atMs);
+  };
   /** `seq` emitted its last token; `cached` and `preemptions` may include a prefill worker's share. */
   const finish = (seq: Sequence, atMs: number, cached = seq.cachedTokens ?? 0, preemptions = seq.preemptions): void => {
     const r = results[seq.key];
@@ -91,13 +138,11 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
     r.cached_tokens = cached;
     r.preemptions = preemptions;
     if (r.first_token_ms !== null && seq.generated > 1) r.mean_itl_ms = roundMs((atMs - r.first_token_ms) / (seq.generated - 1));
-    finished++;
-    if (config.concurrency !== null) submitNext(atMs);
+    ended(seq.key, atMs);
   };
   const fail = (key: number, atMs: number, reason: string): void => {
     results[key].error = reason;
-    finished++;
-    if (config.concurrency !== null) submitNext(atMs);
+    ended(key, atMs);
   };
   const submitted = (key: number, atMs: number, result: SubmitResult): void => {
     const r = results[key];
@@ -119,14 +164,50 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
   let pools: { prefill: PoolUsage; decode: PoolUsage } | null = null;
   let kv: KvTransferSettings | null = null;
   let sim: Simulation;
+  let engines: Engine[];
+  let fleetUsage: WorkerUsage[] | null = null;
+  let router: FleetRouter | null = null;
   if (!disagg) {
-    const engine = new Engine(config.engine, timing, hasher, limits);
-    sim = new OfflineDriver(engine, {
-      onSubmit: (key, atMs, result) => submitted(key, atMs, result),
-      onToken: (seq, _token, atMs) => token(seq, atMs),
-      onFinish: (seq, atMs) => finish(seq, atMs),
-      onPass,
-    });
+    engines = Array.from({ length: config.numWorkers }, () => new Engine(config.engine, timing, hasher, limits));
+    const usage: WorkerUsage[] = engines.map(() => ({ passes: 0, busyMs: 0 }));
+    fleetUsage = usage;
+    const fleetRouter = createRouter(config, engines.length);
+    router = fleetRouter;
+    const wantsEvents = fleetRouter.onKvEvents !== undefined;
+    const blockSize = config.engine.blockSize;
+    const routingHasher = config.engine.enablePrefixCaching ? hasher : null;
+    const tell = routerNews(fleetRouter, (atMs, action) => sim.at(atMs, action, true));
+    sim = new FleetDriver(
+      engines,
+      {
+        onSubmit: (key, atMs, result, worker) => {
+          if (fleet) results[key].worker = worker;
+          if (!result.ok) fleetRouter.onEnd?.(key);
+          submitted(key, atMs, result);
+        },
+        onToken: (seq, _token, atMs) => {
+          if (results[seq.key].first_token_ms === null) tell?.firstToken(seq.key, atMs);
+          token(seq, atMs);
+        },
+        onFinish: (seq, atMs) => {
+          tell?.end(seq.key, atMs);
+          finish(seq, atMs);
+        },
+        onPass: (_rank, result, worker) => {
+          const u = usage[worker];
+          u.passes++;
+          u.busyMs += result.endMs - result.startMs;
+          // Dynamo's replay applies a vLLM pass's KV events when the pass starts (now).
+          if (wantsEvents && result.kvEvents.length) fleetRouter.onKvEvents!(worker, result.kvEvents);
+          onPass();
+        },
+      },
+      (request, nowMs) => {
+        const target = fleetRouter.route(routeRequest(request, routingHasher, blockSize), nowMs);
+        if (target.rank !== null) request.dpRank = target.rank;
+        return target.worker;
+      },
+    );
   } else {
     kv = resolveKvTransfer(config.kvTransfer, limits.kvShape);
     if (kv.bytesPerToken === null) {
@@ -136,6 +217,7 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
       Array.from({ length: workers }, () => new Engine({ ...config.engine, workerType }, timing, hasher, limits));
     const prefill = pool('prefill', config.prefillWorkers!);
     const decode = pool('decode', config.decodeWorkers!);
+    engines = [...prefill, ...decode];
     const usage = (workers: number): PoolUsage => ({ workers, ranksPerWorker: config.engine.dataParallelSize, passes: 0, busyMs: 0, lastPassEndMs: 0 });
     const measured = { prefill: usage(prefill.length), decode: usage(decode.length) };
     pools = measured;
@@ -179,15 +261,33 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
     });
   }
 
+  /** Closed loop: issues the next independent record (dependents are issued by their dependencies' ends). */
   function submitNext(atMs: number): void {
-    if (nextClosedLoop < records.length) sim.schedule(atMs, prompts.request(records[nextClosedLoop++]));
+    while (nextRoot < records.length && records[nextRoot].after) nextRoot++;
+    if (nextRoot < records.length) sim.schedule(atMs, prompts.request(records[nextRoot++]));
   }
 
+  let spanMs = 0;
   if (config.concurrency !== null) {
     for (let i = 0; i < config.concurrency; i++) submitNext(0);
   } else {
-    const t0 = records.reduce((m, r) => Math.min(m, r.timestampMs), Infinity);
-    for (const r of records) sim.schedule((r.timestampMs - t0) / config.arrivalSpeedup, prompts.request(r));
+    const roots = records.filter((r) => !r.after);
+    const t0 = roots.reduce((m, r) => Math.min(m, r.timestampMs), Infinity);
+    for (const r of roots) {
+      const atMs = (r.timestampMs - t0) / config.arrivalSpeedup;
+      spanMs = Math.max(spanMs, atMs);
+      sim.schedule(atMs, prompts.request(r));
+    }
+  }
+  let sampler: TimelineSampler | null = null;
+  if (opts.timeline) {
+    const timeline = new TimelineSampler(engines, spanMs > 0 ? spanMs / 256 : 10);
+    sampler = timeline;
+    const tick = (nowMs: number): void => {
+      timeline.sample(nowMs);
+      if (finished < records.length) sim.at(timeline.nextAt(nowMs), tick);
+    };
+    sim.at(0, tick);
   }
   const endMs = sim.run();
   if (config.progress && performance.now() - started >= 1000) {
@@ -196,14 +296,49 @@ export async function simulateTrace(config: ReplayConfig, records: TraceRecord[]
   }
   const summary = summarize(results, endMs, sim.passes);
   if (pools && kv) summary.disagg = summarizeDisagg(results, endMs, pools, kv);
-  return { results, summary };
+  if (fleet && fleetUsage && router) summary.fleet = summarizeFleet(results, endMs, router.name, fleetUsage, config.engine.dataParallelSize);
+  return { results, summary, timeline: sampler?.result() ?? null };
 }
 
-export async function runReplay(config: ReplayConfig, io: ReplayIo): Promise<number> {
-  const records = parseTrace(readFileSync(config.tracePath, 'utf8'), config.traceBlockSize);
-  const { results, summary } = await simulateTrace(config, records, io);
+/**
+ * Tells a router what a pass's end shows — first tokens and finished streams — when the pass ends
+ * (not when the simulation computes it, at its start), one timed action per pass; null when the
+ * router does not listen.
+ */
+function routerNews(
+  router: FleetRouter,
+  at: (atMs: number, action: () => void) => void,
+): { firstToken(key: number, atMs: number): void; end(key: number, atMs: number): void } | null {
+  if (!router.onFirstToken && !router.onEnd) return null;
+  let batch: { atMs: number; firstTokens: number[]; ends: number[] } | null = null;
+  const batchAt = (atMs: number): { firstTokens: number[]; ends: number[] } => {
+    if (batch && batch.atMs === atMs) return batch;
+    const b = { atMs, firstTokens: [] as number[], ends: [] as number[] };
+    batch = b;
+    at(atMs, () => {
+      for (const key of b.firstTokens) router.onFirstToken?.(key);
+      for (const key of b.ends) router.onEnd?.(key);
+      if (batch === b) batch = null;
+    });
+    return b;
+  };
+  return {
+    firstToken: (key, atMs) => batchAt(atMs).firstTokens.push(key),
+    end: (key, atMs) => batchAt(atMs).ends.push(key),
+  };
+}
+
+/** The replay command: reads or generates the workload, simulates it, writes the files asked for and prints the summary. */
+export async function runReplay(config: ReplayConfig, io: ReplayIo, command = 'dynamo-mocker replay'): Promise<number> {
+  const workload = loadWorkload(config);
+  if (workload.skippedRows > 0) io.err(`warning: ${workload.skippedRows} ${workload.format} rows with no prompt tokens left out (failed requests in the log)\n`);
+  const { results, summary, timeline } = await simulateTrace(config, workload, io, { timeline: config.reportPath !== null });
   if (config.outputPath) writeFileSync(config.outputPath, results.map((r) => JSON.stringify(r)).join('\n') + (results.length ? '\n' : ''));
   if (config.summaryPath) writeFileSync(config.summaryPath, JSON.stringify(summary, null, 2) + '\n');
+  if (config.reportPath) {
+    const title = `Replay of ${workload.name}`;
+    writeFileSync(config.reportPath, renderHtmlReport({ kind: 'replay', title, command, summary, results, timeline: timeline! }));
+  }
   io.out(summaryTable(summary) + '\n');
   return 0;
 }

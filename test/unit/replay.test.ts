@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { parseReplayConfig } from '../../src/config.js';
 import { simulateTrace } from '../../src/replay/run-replay.js';
 import { parseTrace } from '../../src/replay/trace.js';
+import { loadWorkload } from '../../src/replay/workload.js';
 import { mixedTraceLines, replayCli } from '../helpers/traces.js';
 
 
@@ -130,6 +131,8 @@ describe('replay determinism', () => {
     { label: 'preemption, LIFO', args: ['--num-gpu-blocks-override', '250', '--max-num-batched-tokens', '512'] },
     { label: 'preemption, FIFO', args: ['--num-gpu-blocks-override', '250', '--max-num-batched-tokens', '512', '--preemption-mode', 'fifo'] },
     { label: 'no chunked prefill', args: ['--num-gpu-blocks-override', '300', '--no-enable-chunked-prefill', '--max-num-batched-tokens', '4096'] },
+    // The KV router counts each private block as its own block: as if it had been hashed.
+    { label: 'KV-routed fleet', args: ['--num-gpu-blocks-override', '300', '--num-workers', '3', '--router', 'kv'] },
   ])('private-block shortcut gives exactly the fully hashed result: $label', async ({ args }) => {
     const dir = mkdtempSync(join(tmpdir(), 'replay-private-'));
     const trace = join(dir, 'trace.jsonl');
@@ -141,10 +144,10 @@ describe('replay determinism', () => {
       else flags[name] = args[++i];
     }
     const config = parseReplayConfig(flags, []);
-    const records = parseTrace(readFileSync(trace, 'utf8'), config.traceBlockSize);
+    const workload = loadWorkload(config);
     const io = { out: () => {}, err: () => {}, env: {}, isTty: false };
-    const fast = await simulateTrace(config, records, io);
-    const reference = await simulateTrace(config, records, io, { markPrivate: false });
+    const fast = await simulateTrace(config, workload, io);
+    const reference = await simulateTrace(config, workload, io, { markPrivate: false });
     expect(JSON.stringify(fast.results)).toBe(JSON.stringify(reference.results));
     expect(fast.summary).toEqual(reference.summary);
     if (args.includes('250')) expect(fast.summary.preemptions).toBeGreaterThan(0);
