@@ -1,0 +1,182 @@
+// `dynamo-mocker replay` as users run it (the built CLI in a child process): trace formats, fleets, sweeps on threads, bad flags.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { mixedTraceLines } from '../helpers/traces.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const bin = join(root, 'bin/dynamo-mocker');
+const fixtures = join(root, 'test/fixtures/traces');
+const dir = mkdtempSync(join(tmpdir(), 'replay-fleet-cli-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
+
+function cli(args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [bin, ...args], { encoding: 'utf8', maxBuffer: 1 << 26 }, (error, out, err) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, out, err });
+    });
+  });
+}
+
+let files = 0;
+const file = (name: string): string => join(dir, `${files++}-${name}`);
+
+const trace = file('mixed.jsonl');
+writeFileSync(trace, mixedTraceLines(300).map((l) => JSON.stringify(l)).join('\n') + '\n');
+
+describe('trace formats through the CLI', () => {
+  it.each([
+    ['mooncake.jsonl', 'mooncake'],
+    ['mooncake-sessions.jsonl', 'mooncake'],
+    ['agentic.jsonl', 'agentic'],
+    ['azure-2023.csv', 'azure'],
+    ['azure-2024.csv', 'azure'],
+    ['burstgpt.csv', 'burstgpt'],
+    ['bailian.jsonl', 'bailian'],
+  ])('%s replays to completion, detected and named', async (name, format) => {
+    const output = file('rows.jsonl');
+    const detected = await cli(['replay', '--trace', join(fixtures, name), '--no-progress', '--output', output, '--num-workers', '2', '--router', 'kv']);
+    expect(detected.code, detected.err).toBe(0);
+    const rows = readFileSync(output, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { error?: string; worker: number | null; finish_ms: number | null });
+    expect(rows.length).toBeGreaterThan(3);
+    for (const r of rows) {
+      expect(r.error).toBeUndefined();
+      expect(r.finish_ms).not.toBeNull();
+      expect([0, 1]).toContain(r.worker);
+    }
+    const explicit = await cli(['replay', '--trace', join(fixtures, name), '--trace-format', format, '--no-progress', '--output', file('rows.jsonl'), '--num-workers', '2', '--router', 'kv']);
+    expect(explicit.out).toBe(detected.out);
+  });
+
+  it('a malformed row stops the run with its line number (exit 2)', async () => {
+    const bad = file('bad.csv');
+    writeFileSync(bad, 'TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,abc,12\n');
+    const run = await cli(['replay', '--trace', bad, '--no-progress']);
+    expect(run.code).toBe(2);
+    expect(run.err).toMatch(/line 3/);
+    expect(run.err).toMatch(/ContextTokens/);
+  });
+});
+
+describe('fleet replay', () => {
+  it('is byte-identical run to run for every router (same trace, flags and seed)', async () => {
+    for (const router of ['round-robin', 'random', 'least-loaded', 'kv']) {
+      const a = file('a.jsonl');
+      const b = file('b.jsonl');
+      const args = ['replay', '--trace', trace, '--no-progress', '--num-workers', '3', '--router', router, '--router-temperature', router === 'kv' ? '0.3' : '0', '--seed', '5'];
+      const [ra, rb] = await Promise.all([cli([...args, '--output', a]), cli([...args, '--output', b])]);
+      expect(ra.code, ra.err).toBe(0);
+      expect(rb.code).toBe(0);
+      expect(readFileSync(a, 'utf8')).toBe(readFileSync(b, 'utf8'));
+      expect(ra.out).toBe(rb.out);
+    }
+  });
+
+  it('a synthetic workload replays, seeded', async () => {
+    const args = ['replay', '--synthetic', 'requests=200,isl=uniform:500:3000,osl=lognormal:80:40,shared-prefix=0.5,prefix-groups=4,turns=2,turn-delay-ms=100,rate=30', '--no-progress', '--num-workers', '2', '--router', 'kv'];
+    const [a, b, other] = await Promise.all([cli([...args, '--seed', '1']), cli([...args, '--seed', '1']), cli([...args, '--seed', '2'])]);
+    expect(a.code, a.err).toBe(0);
+    expect(a.out).toMatch(/requests {8}200 \(200 completed, 0 errors\)/);
+    expect(a.out).toBe(b.out);
+    expect(other.out).not.toBe(a.out);
+  });
+});
+
+describe('sweeps', () => {
+  const sweepArgs = ['replay', '--trace', trace, '--no-progress', '--sweep', 'num-workers=1,2,3', '--sweep', 'router=round-robin,kv', '--sweep', 'max-num-seqs=4,256'];
+
+  it('run in parallel exactly as one by one, each row what that configuration gives alone', async () => {
+    const parallel = { output: file('p.jsonl'), summary: file('p.json'), report: file('p.html') };
+    const serial = { output: file('s.jsonl'), summary: file('s.json') };
+    const [p, s] = await Promise.all([
+      cli([...sweepArgs, '--sweep-jobs', '2', '--output', parallel.output, '--summary', parallel.summary, '--report', parallel.report]),
+      cli([...sweepArgs, '--sweep-jobs', '1', '--output', serial.output, '--summary', serial.summary]),
+    ]);
+    expect(p.code, p.err).toBe(0);
+    expect(s.code, s.err).toBe(0);
+    expect(p.out).toBe(s.out);
+    expect(readFileSync(parallel.output, 'utf8')).toBe(readFileSync(serial.output, 'utf8'));
+    expect(readFileSync(parallel.summary, 'utf8')).toBe(readFileSync(serial.summary, 'utf8'));
+    const { parameters, rows } = JSON.parse(readFileSync(parallel.summary, 'utf8')) as {
+      parameters: string[];
+      rows: Array<{ config: Record<string, string | number>; ttft_ms: { p90: number }; output_tokens_per_s: number; pareto: boolean }>;
+    };
+    expect(parameters).toEqual(['num-workers', 'router', 'max-num-seqs']);
+    expect(rows.map((r) => `${r.config['num-workers']}/${r.config.router}/${r.config['max-num-seqs']}`)).toEqual([
+      '1/round-robin/4',
+      '1/round-robin/256',
+      '1/kv/4',
+      '1/kv/256',
+      '2/round-robin/4',
+      '2/round-robin/256',
+      '2/kv/4',
+      '2/kv/256',
+      '3/round-robin/4',
+      '3/round-robin/256',
+      '3/kv/4',
+      '3/kv/256',
+    ]);
+    // Pareto: exactly the rows no other row beats on both throughput and p90 TTFT.
+    for (const r of rows) {
+      const beaten = rows.some(
+        (o) => o !== r && o.output_tokens_per_s >= r.output_tokens_per_s && o.ttft_ms.p90 <= r.ttft_ms.p90 && (o.output_tokens_per_s > r.output_tokens_per_s || o.ttft_ms.p90 < r.ttft_ms.p90),
+      );
+      expect(r.pareto, JSON.stringify(r.config)).toBe(!beaten);
+    }
+    expect(rows.some((r) => r.pareto)).toBe(true);
+    // Row 8 (3 workers, kv, 256) against the same configuration replayed alone.
+    const alone = file('alone.json');
+    const single = await cli(['replay', '--trace', trace, '--no-progress', '--num-workers', '3', '--router', 'kv', '--max-num-seqs', '256', '--summary', alone]);
+    expect(single.code).toBe(0);
+    const summary = JSON.parse(readFileSync(alone, 'utf8')) as { ttft_ms: unknown; e2e_ms: unknown; output_tokens_per_s: number };
+    const row = rows[11] as unknown as { ttft_ms: unknown; e2e_ms: unknown; output_tokens_per_s: number };
+    expect(row.ttft_ms).toEqual(summary.ttft_ms);
+    expect(row.e2e_ms).toEqual(summary.e2e_ms);
+    expect(row.output_tokens_per_s).toBe(summary.output_tokens_per_s);
+    expect(readFileSync(parallel.report, 'utf8')).toMatch(/<svg/);
+  });
+});
+
+describe('bad flags exit 2 and name the flag', () => {
+  it.each([
+    [['--router', 'nearest'], '--router'],
+    [['--num-workers', '0'], '--num-workers'],
+    [['--num-workers', '2', '--prefill-workers', '1', '--decode-workers', '1'], '--num-workers'],
+    [['--router', 'kv', '--prefill-workers', '1', '--decode-workers', '1'], '--router'],
+    [['--kv-overlap-score-weight', '-1'], '--kv-overlap-score-weight'],
+    [['--router-temperature', 'hot'], '--router-temperature'],
+    [['--trace-format', 'parquet'], '--trace-format'],
+    [['--sweep', 'trace=a,b'], '--sweep'],
+    [['--sweep', 'num-workers'], '--sweep'],
+    [['--sweep', 'num-workers=1,,2'], '--sweep'],
+    [['--sweep', 'num-workers=1,0'], '--sweep'],
+    [['--sweep', 'router=kv,x'], '--sweep'],
+    [['--sweep', 'num-workers=1', '--sweep-jobs', '0'], '--sweep-jobs'],
+  ])('%j', async (args, flag) => {
+    const run = await cli(['replay', '--trace', trace, '--no-progress', ...args]);
+    expect(run.code).toBe(2);
+    expect(run.err).toContain(flag);
+    expect(run.err.trim().split('\n')).toHaveLength(1);
+  });
+
+  it.each([
+    [['--synthetic', 'requests=10', '--trace', 'x.jsonl'], '--synthetic'],
+    [['--synthetic', 'isl=foo'], '--synthetic'],
+    [['--synthetic', 'requests=10', '--trace-format', 'azure'], '--trace-format'],
+    [[], '--trace'],
+  ])('%j', async (args, flag) => {
+    const run = await cli(['replay', '--no-progress', ...args]);
+    expect(run.code).toBe(2);
+    expect(run.err).toContain(flag);
+  });
+});
