@@ -3,7 +3,7 @@ import type { Engine, EngineRequest, SubmitResult } from '../core/engine.js';
 import { transferDelayMs, transferTokens, type KvTransferSettings } from '../core/kv-transfer.js';
 import type { PassResult } from '../core/scheduler.js';
 import type { Sequence } from '../core/sequence.js';
-import { FleetDriver, roundRobin, type WorkerPicker } from './offline-driver.js';
+import { FleetDriver, roundRobin, type ActionOptions, type WorkerPicker } from './offline-driver.js';
 
 export type Pool = 'prefill' | 'decode';
 
@@ -107,8 +107,8 @@ export class DisaggDriver {
 
   /** Runs until every request is decoded (or refused); returns the virtual time of the last event. */
   /** Runs `action` at `atMs` on the shared clock (see FleetDriver.at). */
-  at(atMs: number, action: (nowMs: number) => void, beforeArrivals = false): void {
-    this.fleet.at(atMs, action, beforeArrivals);
+  at(atMs: number, action: (nowMs: number) => void, opts: ActionOptions = {}): void {
+    this.fleet.at(atMs, action, opts);
   }
 
   run(): number {

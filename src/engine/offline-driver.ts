@@ -14,6 +14,21 @@ export interface OfflineCallbacks {
   onPass?(rank: number, result: PassResult, worker: number): void;
 }
 
+/** How a timed action (FleetDriver.at) is ordered and counted. */
+export interface ActionOptions {
+  /**
+   * Run it ahead of every arrival due at the same time: what a pass's end tells a router (a first
+   * token, a finished stream) reaches it before the requests arriving at that instant are routed,
+   * as in Dynamo's replay.
+   */
+  beforeArrivals?: boolean;
+  /**
+   * It only watches (a router's bookkeeping, a sampler): the run's end time, which `run` returns,
+   * stays the last arrival, pass start or other action, as if it were not there.
+   */
+  observer?: boolean;
+}
+
 /** Chooses the worker (an index into the fleet) for a request arriving at `nowMs`. */
 export type WorkerPicker = (request: EngineRequest, nowMs: number) => number;
 
@@ -33,6 +48,8 @@ interface TimedEvent {
   atMs: number;
   /** 0: before the arrivals due at the same time (see FleetDriver.at); 1: in scheduling order. */
   tier: 0 | 1;
+  /** An observer (see ActionOptions) does not count as activity for the run's end time. */
+  observer?: boolean;
   order: number;
   request?: EngineRequest;
   action?: (nowMs: number) => void;
@@ -136,14 +153,9 @@ export class FleetDriver {
     this.events.push({ atMs, tier: 1, order: this.order++, request });
   }
 
-  /**
-   * Runs `action` at `atMs`, after the events scheduled earlier for that time and before its passes.
-   * `beforeArrivals` puts it ahead of every arrival due then too: what a pass's end tells a router
-   * (a first token, a finished stream) reaches it before the requests arriving at that instant are
-   * routed, as in Dynamo's replay.
-   */
-  at(atMs: number, action: (nowMs: number) => void, beforeArrivals = false): void {
-    this.events.push({ atMs, tier: beforeArrivals ? 0 : 1, order: this.order++, action });
+  /** Runs `action` at `atMs`, after the events scheduled earlier for that time (see ActionOptions) and before its passes. */
+  at(atMs: number, action: (nowMs: number) => void, opts: ActionOptions = {}): void {
+    this.events.push({ atMs, tier: opts.beforeArrivals ? 0 : 1, observer: opts.observer, order: this.order++, action });
   }
 
   /** Engine `worker` (only `rank`, if given) may have new work: idle ranks start a pass now, busy ones after theirs. */
@@ -158,13 +170,15 @@ export class FleetDriver {
     this.woken = true;
   }
 
-  /** Runs until every event is handled and every engine is idle; returns the virtual time of the last event. */
+  /** Runs until every event is handled and every engine is idle; returns the virtual time of the last arrival, pass start or action. */
   run(): number {
     const schedulers = this.schedulers;
     const slots = schedulers.length;
     const { freeAt, stalled } = this;
     // The earliest time a busy slot is free: computed while stepping, rescanned only after a wake.
     let earliestFree = Infinity;
+    // The last arrival, pass start or (non-observer) action: what `run` returns.
+    let lastActive = this.nowMs;
     this.woken = true;
     for (;;) {
       if (this.woken) {
@@ -183,7 +197,7 @@ export class FleetDriver {
           const which = this.engines.length > 1 ? ` (worker ${busy})` : '';
           throw new Error(`engine stalled${which}: requests are waiting but no pass can make progress`);
         }
-        return this.nowMs;
+        return lastActive;
       }
       this.nowMs = Math.max(this.nowMs, next);
       const now = this.nowMs;
@@ -191,6 +205,7 @@ export class FleetDriver {
       // Requests that arrive by now (and actions due now) take part in the passes that start now.
       for (let e = this.events.peek(); e && e.atMs <= now; e = this.events.peek()) {
         this.events.pop();
+        if (!e.observer) lastActive = now;
         if (e.request) this.submit(e.request, now);
         else e.action!(now);
       }
@@ -205,6 +220,7 @@ export class FleetDriver {
         }
         const result = scheduler.step(now);
         this.passes++;
+        lastActive = now;
         freeAt[s] = result.endMs;
         if (result.scheduledTokens === 0 && result.emitted.length === 0) stalled[s] = 1;
         const worker = this.slotWorker[s];

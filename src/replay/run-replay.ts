@@ -7,7 +7,7 @@ import type { FleetRouter } from '../core/router/fleet-router.js';
 import type { Sequence } from '../core/sequence.js';
 import type { ReplayConfig } from '../config.js';
 import { DisaggDriver } from '../engine/disagg-driver.js';
-import { FleetDriver } from '../engine/offline-driver.js';
+import { FleetDriver, type ActionOptions } from '../engine/offline-driver.js';
 import { createXxh3 } from '../hashing/xxh3.js';
 import { loadTimingModel } from '../npz/profile-loader.js';
 import { loadModelLimits } from '../model/model-limits.js';
@@ -37,7 +37,7 @@ export interface ReplayOutcome {
 /** What both drivers offer the replay: arrivals, the run, and the clock and pass count for progress. */
 interface Simulation {
   schedule(atMs: number, request: EngineRequest): void;
-  at(atMs: number, action: (nowMs: number) => void, beforeArrivals?: boolean): void;
+  at(atMs: number, action: (nowMs: number) => void, opts?: ActionOptions): void;
   run(): number;
   readonly nowMs: number;
   readonly passes: number;
@@ -176,7 +176,7 @@ export async function simulateTrace(
     const wantsEvents = fleetRouter.onKvEvents !== undefined;
     const blockSize = config.engine.blockSize;
     const routingHasher = config.engine.enablePrefixCaching ? hasher : null;
-    const tell = routerNews(fleetRouter, (atMs, action) => sim.at(atMs, action, true));
+    const tell = routerNews(fleetRouter, (atMs, action) => sim.at(atMs, action, { beforeArrivals: true, observer: true }));
     sim = new FleetDriver(
       engines,
       {
@@ -285,9 +285,9 @@ export async function simulateTrace(
     sampler = timeline;
     const tick = (nowMs: number): void => {
       timeline.sample(nowMs);
-      if (finished < records.length) sim.at(timeline.nextAt(nowMs), tick);
+      if (finished < records.length) sim.at(timeline.nextAt(nowMs), tick, { observer: true });
     };
-    sim.at(0, tick);
+    sim.at(0, tick, { observer: true });
   }
   const endMs = sim.run();
   if (config.progress && performance.now() - started >= 1000) {
