@@ -58,6 +58,9 @@ export interface SchedulerSnapshot {
 
 const HIT_RATE_WINDOW = 1000;
 
+/** The `admitted` and `preempted` of a pass that has none (shared; never written to). */
+const NO_SEQUENCES: Sequence[] = Object.freeze([]) as unknown as Sequence[];
+
 export class Scheduler {
   readonly pool: BlockPool;
   /** Fill `PassResult.forwardPass` (Dynamo 1.x's forward-pass metrics); off by default, as it walks the waiting list. */
@@ -65,6 +68,8 @@ export class Scheduler {
   /** Stored KV events carry each block's token ids (vLLM's own event format needs them). */
   recordBlockTokens = false;
   private readonly running: Sequence[] = [];
+  /** `step`'s list of the sequences it gives tokens to, kept between passes to spare the allocation. */
+  private readonly scheduledScratch: Sequence[] = [];
   private readonly waiting = new Deque<Sequence>();
   /** Decode-side handoffs not yet activated, in arrival order: `reserving` (waiting for KV) and `reserved`. */
   private readonly handoffs = new Set<Sequence>();
@@ -269,10 +274,12 @@ export class Scheduler {
   /** Runs one forward pass starting at `nowMs`. */
   step(nowMs: number): PassResult {
     let budget = this.config.maxNumBatchedTokens ?? Infinity;
-    const preempted: Sequence[] = [];
-    const admitted: Sequence[] = [];
-    // Sequences given tokens this pass; the count itself lives in seq.passTokens.
-    const scheduled: Sequence[] = [];
+    // Allocated only when used: most passes admit and preempt nothing (this is the per-pass hot path).
+    let preempted: Sequence[] = NO_SEQUENCES;
+    let admitted: Sequence[] = NO_SEQUENCES;
+    // Sequences given tokens this pass (the count itself lives in seq.passTokens), in a scratch array.
+    const scheduled = this.scheduledScratch;
+    let scheduledCount = 0;
 
     // Running requests consume the budget first, in order. Preemption edits the list, so the loop
     // switches to a snapshot before the first preemption (until then the list is unchanged); a victim
@@ -292,12 +299,13 @@ export class Scheduler {
         budget += victim.passTokens;
         victim.passTokens = 0;
         this.preempt(victim);
+        if (preempted === NO_SEQUENCES) preempted = [];
         preempted.push(victim);
         if (victim === seq) break;
       }
       if (seq.status !== 'running') continue;
       seq.passTokens = desired;
-      scheduled.push(seq);
+      scheduled[scheduledCount++] = seq;
       budget -= desired;
     }
 
@@ -315,9 +323,10 @@ export class Scheduler {
         this.waitingLive--;
         seq.status = 'running';
         this.running.push(seq);
+        if (admitted === NO_SEQUENCES) admitted = [];
         admitted.push(seq);
         seq.passTokens = desired;
-        scheduled.push(seq);
+        scheduled[scheduledCount++] = seq;
         budget -= desired;
       }
     }
@@ -330,7 +339,8 @@ export class Scheduler {
     let prefixSum = 0;
     let scheduledTokens = 0;
     const fp = this.collectForwardPass ? idleForwardPass() : null;
-    for (const seq of scheduled) {
+    for (let i = 0; i < scheduledCount; i++) {
+      const seq = scheduled[i];
       const tokens = seq.passTokens;
       if (tokens === 0) continue; // preempted after being scheduled
       seq.passTokens = 0;
@@ -389,7 +399,8 @@ export class Scheduler {
       }
       running[kept++] = seq;
     }
-    running.length = kept;
+    // Writing an array's length is a slow path in V8 even when it does not change; most passes finish nothing.
+    if (kept !== running.length) running.length = kept;
     const decodeRequests = emitted.length;
 
     // A decode worker's prompts are computed elsewhere (their KV is transferred in): no prefill cost.
