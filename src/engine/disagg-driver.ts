@@ -3,7 +3,7 @@ import type { Engine, EngineRequest, SubmitResult } from '../core/engine.js';
 import { transferDelayMs, transferTokens, type KvTransferSettings } from '../core/kv-transfer.js';
 import type { PassResult } from '../core/scheduler.js';
 import type { Sequence } from '../core/sequence.js';
-import { FleetDriver, roundRobin, type ActionOptions, type WorkerPicker } from './offline-driver.js';
+import { FleetDriver, roundRobin, type ActionOptions, type Arrival, type WorkerPicker } from './offline-driver.js';
 
 export type Pool = 'prefill' | 'decode';
 
@@ -100,17 +100,20 @@ export class DisaggDriver {
   }
 
   /** Schedules a request to arrive at `atMs` (may be called from callbacks, e.g. closed loops). */
-  schedule(atMs: number, request: EngineRequest): void {
+  schedule(atMs: number, arrival: Arrival): void {
     // The prefill stage keeps the KV for the handoff; its engine emits exactly one token.
-    this.fleet.schedule(atMs, request.maxTokens === 0 ? request : { ...request, holdOnFinish: true });
+    this.fleet.schedule(atMs, () => {
+      const request = typeof arrival === 'function' ? arrival() : arrival;
+      return request.maxTokens === 0 ? request : { ...request, holdOnFinish: true };
+    });
   }
 
-  /** Runs until every request is decoded (or refused); returns the virtual time of the last event. */
   /** Runs `action` at `atMs` on the shared clock (see FleetDriver.at). */
   at(atMs: number, action: (nowMs: number) => void, opts: ActionOptions = {}): void {
     this.fleet.at(atMs, action, opts);
   }
 
+  /** Runs until every request is decoded (or refused); returns the virtual time of the last event. */
   run(): number {
     const endMs = this.fleet.run();
     const waiting = this.byPrefillSeq.size + this.byDecodeSeq.size;

@@ -29,6 +29,9 @@ export interface ActionOptions {
   observer?: boolean;
 }
 
+/** A request, or what builds it when it arrives (a long replay then holds only the requests in flight). */
+export type Arrival = EngineRequest | (() => EngineRequest);
+
 /** Chooses the worker (an index into the fleet) for a request arriving at `nowMs`. */
 export type WorkerPicker = (request: EngineRequest, nowMs: number) => number;
 
@@ -51,7 +54,7 @@ interface TimedEvent {
   /** An observer (see ActionOptions) does not count as activity for the run's end time. */
   observer?: boolean;
   order: number;
-  request?: EngineRequest;
+  request?: Arrival;
   action?: (nowMs: number) => void;
 }
 
@@ -149,7 +152,7 @@ export class FleetDriver {
   }
 
   /** Schedules a request to arrive at `atMs` (may be called from callbacks, e.g. closed loops). */
-  schedule(atMs: number, request: EngineRequest): void {
+  schedule(atMs: number, request: Arrival): void {
     this.events.push({ atMs, tier: 1, order: this.order++, request });
   }
 
@@ -206,7 +209,7 @@ export class FleetDriver {
       for (let e = this.events.peek(); e && e.atMs <= now; e = this.events.peek()) {
         this.events.pop();
         if (!e.observer) lastActive = now;
-        if (e.request) this.submit(e.request, now);
+        if (e.request) this.submit(typeof e.request === 'function' ? e.request() : e.request, now);
         else e.action!(now);
       }
 

@@ -7,7 +7,7 @@ import type { FleetRouter } from '../core/router/fleet-router.js';
 import type { Sequence } from '../core/sequence.js';
 import type { ReplayConfig } from '../config.js';
 import { DisaggDriver } from '../engine/disagg-driver.js';
-import { FleetDriver, type ActionOptions } from '../engine/offline-driver.js';
+import { FleetDriver, type ActionOptions, type Arrival } from '../engine/offline-driver.js';
 import { createXxh3 } from '../hashing/xxh3.js';
 import { loadTimingModel } from '../npz/profile-loader.js';
 import { loadModelLimits } from '../model/model-limits.js';
@@ -36,7 +36,7 @@ export interface ReplayOutcome {
 
 /** What both drivers offer the replay: arrivals, the run, and the clock and pass count for progress. */
 interface Simulation {
-  schedule(atMs: number, request: EngineRequest): void;
+  schedule(atMs: number, request: Arrival): void;
   at(atMs: number, action: (nowMs: number) => void, opts?: ActionOptions): void;
   run(): number;
   readonly nowMs: number;
@@ -124,7 +124,7 @@ export async function simulateTrace(
     for (const d of dependents.get(key) ?? []) {
       lastDependencyEnd[d] = Math.max(lastDependencyEnd[d], atMs);
       if (--waitingOn[d] > 0) continue;
-      sim.schedule(lastDependencyEnd[d] + records[d].after!.delayMs / config.arrivalSpeedup, prompts.request(records[d]));
+      sim.schedule(lastDependencyEnd[d] + records[d].after!.delayMs / config.arrivalSpeedup, () => prompts.request(records[d]));
       issued++;
     }
     if (config.concurrency !== null && issued === 0) submitNext(atMs);
@@ -264,7 +264,10 @@ export async function simulateTrace(
   /** Closed loop: issues the next independent record (dependents are issued by their dependencies' ends). */
   function submitNext(atMs: number): void {
     while (nextRoot < records.length && records[nextRoot].after) nextRoot++;
-    if (nextRoot < records.length) sim.schedule(atMs, prompts.request(records[nextRoot++]));
+    if (nextRoot < records.length) {
+      const record = records[nextRoot++];
+      sim.schedule(atMs, () => prompts.request(record));
+    }
   }
 
   let spanMs = 0;
@@ -276,7 +279,7 @@ export async function simulateTrace(
     for (const r of roots) {
       const atMs = (r.timestampMs - t0) / config.arrivalSpeedup;
       spanMs = Math.max(spanMs, atMs);
-      sim.schedule(atMs, prompts.request(r));
+      sim.schedule(atMs, () => prompts.request(r));
     }
   }
   let sampler: TimelineSampler | null = null;
