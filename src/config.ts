@@ -1020,6 +1020,7 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     const [missing, given] = prefillWorkers === null ? ['--prefill-workers', '--decode-workers'] : ['--decode-workers', '--prefill-workers'];
     throw new ConfigError(missing, `is required with ${given}: disaggregated replay needs both pools`);
   }
+  if (raw.sweepJobs !== undefined) throw new ConfigError('--sweep-jobs', 'needs --sweep');
   const numWorkers = raw.numWorkers === undefined ? REPLAY_DEFAULTS.numWorkers : parseInteger('--num-workers', raw.numWorkers, 1, MAX_REPLAY_POOL);
   if (prefillWorkers !== null && raw.numWorkers !== undefined) {
     throw new ConfigError('--num-workers', 'counts aggregated workers; disaggregated replay sizes its pools with --prefill-workers and --decode-workers');

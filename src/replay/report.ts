@@ -275,6 +275,9 @@ function fmt(v: number | null): string {
   return v === null ? '-' : v.toFixed(2);
 }
 
+/** Workers listed in the table; the JSON summary has them all. */
+const MAX_WORKER_ROWS = 32;
+
 /** The human-readable summary table. */
 export function summaryTable(s: ReplaySummary): string {
   const rows: string[] = [];
@@ -310,12 +313,13 @@ export function summaryTable(s: ReplaySummary): string {
   if (fl) {
     rows.push('');
     rows.push('worker  requests  completed  prefix hits   busy   TTFT p50   TTFT p90  preemptions');
-    for (const w of fl.per_worker) {
+    for (const w of fl.per_worker.slice(0, MAX_WORKER_ROWS)) {
       rows.push(
         `${String(w.worker).padStart(6)}${String(w.requests).padStart(10)}${String(w.completed).padStart(11)}${pct(w.prefix_hit_rate).padStart(13)}${pct(w.busy_fraction).padStart(7)}${fmt(w.ttft_ms.p50).padStart(11)}${fmt(w.ttft_ms.p90).padStart(11)}${String(w.preemptions).padStart(13)}`,
       );
     }
   }
+  if (fl && fl.per_worker.length > MAX_WORKER_ROWS) rows.push(`(${fl.per_worker.length - MAX_WORKER_ROWS} more workers: see the JSON summary's fleet.per_worker)`);
   return rows.join('\n');
 }
 

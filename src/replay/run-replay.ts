@@ -43,26 +43,45 @@ interface Simulation {
   readonly passes: number;
 }
 
+export interface SimulateOptions {
+  /** Off: hash every block (the reference the private-block shortcut must reproduce). */
+  markPrivate?: boolean;
+  /** Sample per-worker state over simulated time (for the report). */
+  timeline?: boolean;
+  /**
+   * Prompts built for earlier replays of the same workload, by the settings they depend on: a sweep
+   * thread hashes each shared prefix once for all its configurations (requests are built afresh).
+   */
+  promptCache?: Map<string, SyntheticPrompts>;
+}
+
 /** Runs the replay in memory (no files written); the CLI wrapper handles output files. */
 export async function simulateTrace(
   config: ReplayConfig,
   workload: Workload,
   io: ReplayIo,
-  opts: { markPrivate?: boolean; timeline?: boolean } = {},
+  opts: SimulateOptions = {},
 ): Promise<ReplayOutcome> {
   const { records } = workload;
   const hasher = await createXxh3();
   const timing = loadTimingModel(config.engine.plannerProfileData ?? undefined, (msg) => io.err(`error: ${msg}\n`));
   const limits = await loadModelLimits(config.modelPath, io.env, (msg) => io.err(`warning: ${msg}\n`));
-  const prompts = new SyntheticPrompts(
-    config.engine.enablePrefixCaching ? hasher : null,
-    config.engine.blockSize,
-    workload.traceBlockSize,
-    limits.vocabSize,
-    config.engine.seed,
-    opts.markPrivate ?? true,
-  );
-  prompts.prepare(records);
+  const markPrivate = opts.markPrivate ?? true;
+  const promptKey = JSON.stringify([config.engine.enablePrefixCaching, config.engine.blockSize, workload.traceBlockSize, limits.vocabSize, config.engine.seed, markPrivate]);
+  let cached = opts.promptCache?.get(promptKey);
+  if (!cached) {
+    cached = new SyntheticPrompts(
+      config.engine.enablePrefixCaching ? hasher : null,
+      config.engine.blockSize,
+      workload.traceBlockSize,
+      limits.vocabSize,
+      config.engine.seed,
+      markPrivate,
+    );
+    cached.prepare(records);
+    opts.promptCache?.set(promptKey, cached);
+  }
+  const prompts = cached;
   const disagg = config.prefillWorkers !== null && config.decodeWorkers !== null;
   // Rows name their worker only when there is a choice of worker (a fleet of one writes what it always did).
   const fleet = !disagg && config.numWorkers > 1;

@@ -82,11 +82,11 @@ const camel = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string)
 export function sweepConfig(raw: RawOptions, argv: readonly string[], combo: Record<string, string>): ReplayConfig {
   const options: RawOptions = { ...raw };
   delete options.sweep;
-  const args = argv.filter((a) => a !== '--sweep');
-  for (const [flag, value] of Object.entries(combo)) {
-    options[camel(flag)] = value;
-    if (BOOLEAN_FLAGS.has(flag)) args.push(`--${flag}`);
-  }
+  delete options.sweepJobs;
+  // A swept boolean flag overrides the command's own --flag / --no-flag (whose clash check reads argv).
+  const swept = new Set(Object.keys(combo).filter((f) => BOOLEAN_FLAGS.has(f)).flatMap((f) => [`--${f}`, `--no-${f}`]));
+  const args = argv.filter((a) => a !== '--sweep' && !swept.has(a));
+  for (const [flag, value] of Object.entries(combo)) options[camel(flag)] = value;
   try {
     return parseReplayConfig(options, args);
   } catch (err) {
@@ -138,11 +138,10 @@ export function sweepRow(combo: Record<string, string>, summary: ReplaySummary):
   };
 }
 
-/** What a sweep thread is given, and what it answers. */
+/** What a sweep thread is given (the workload once, as its workerData; then one job at a time), and what it answers. */
 export interface SweepJob {
   index: number;
   config: ReplayConfig;
-  workload: Workload;
 }
 export type SweepAnswer = { index: number; summary: ReplaySummary; warnings: string[] } | { index: number; error: string };
 
@@ -150,14 +149,15 @@ export type SweepAnswer = { index: number; summary: ReplaySummary; warnings: str
  * Runs the jobs on `threads` worker threads (each replays one configuration at a time); summaries
  * come back in job order whatever the order they finish in, so the output never depends on it.
  */
-async function runJobs(jobs: SweepJob[], threads: number, onDone: (done: number, warnings: string[]) => void): Promise<ReplaySummary[]> {
+async function runJobs(jobs: SweepJob[], workload: Workload, threads: number, onDone: (done: number, warnings: string[]) => void): Promise<ReplaySummary[]> {
   const summaries = new Array<ReplaySummary>(jobs.length);
   let next = 0;
   let done = 0;
   const url = new URL('./sweep-worker.js', import.meta.url);
   const run = (): Promise<void> =>
     new Promise((resolve, reject) => {
-      const worker = new Worker(url);
+      // The workload is copied into each thread once, not with every job.
+      const worker = new Worker(url, { workerData: workload });
       const give = (): void => {
         if (next >= jobs.length) {
           void worker.terminate().then(() => resolve());
@@ -219,10 +219,10 @@ export async function runSweep(raw: RawOptions, argv: readonly string[], io: Rep
   const threads = raw.sweepJobs === undefined ? availableParallelism() : sweepJobs(raw.sweepJobs);
   const workload = loadWorkload(configs[0]);
   if (workload.skippedRows > 0) io.err(`warning: ${workload.skippedRows} ${workload.format} rows with no prompt tokens left out (failed requests in the log)\n`);
-  const jobs = configs.map((config, index) => ({ index, config: { ...config, progress: false }, workload }));
+  const jobs = configs.map((config, index) => ({ index, config: { ...config, progress: false } }));
   const progress = configs[0].progress;
   const warned = new Set<string>();
-  const summaries = await runJobs(jobs, threads, (done, warnings) => {
+  const summaries = await runJobs(jobs, workload, threads, (done, warnings) => {
     for (const w of warnings) {
       if (!warned.has(w)) io.err(w);
       warned.add(w);

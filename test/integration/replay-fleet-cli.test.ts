@@ -147,6 +147,26 @@ describe('sweeps', () => {
   });
 });
 
+describe('sweep details', () => {
+  it('a swept boolean overrides the command\'s own --no-flag', async () => {
+    const summary = file('bool.json');
+    const run = await cli(['replay', '--trace', trace, '--no-progress', '--no-enable-prefix-caching', '--sweep', 'enable-prefix-caching=on,off', '--summary', summary]);
+    expect(run.code, run.err).toBe(0);
+    const { rows } = JSON.parse(readFileSync(summary, 'utf8')) as { rows: Array<{ prefix_hit_rate: number }> };
+    expect(rows[0].prefix_hit_rate).toBeGreaterThan(0);
+    expect(rows[1].prefix_hit_rate).toBe(0);
+  });
+
+  it('a large fleet lists 32 workers in the table and all of them in the JSON summary', async () => {
+    const summary = file('wide.json');
+    const run = await cli(['replay', '--trace', trace, '--no-progress', '--num-workers', '40', '--summary', summary]);
+    expect(run.code, run.err).toBe(0);
+    expect(run.out).toContain('(8 more workers: see the JSON summary\'s fleet.per_worker)');
+    const parsed = JSON.parse(readFileSync(summary, 'utf8')) as { fleet: { per_worker: unknown[] } };
+    expect(parsed.fleet.per_worker).toHaveLength(40);
+  });
+});
+
 describe('bad flags exit 2 and name the flag', () => {
   it.each([
     [['--router', 'nearest'], '--router'],
@@ -162,6 +182,7 @@ describe('bad flags exit 2 and name the flag', () => {
     [['--sweep', 'num-workers=1,0'], '--sweep'],
     [['--sweep', 'router=kv,x'], '--sweep'],
     [['--sweep', 'num-workers=1', '--sweep-jobs', '0'], '--sweep-jobs'],
+    [['--sweep-jobs', '2'], '--sweep-jobs'],
   ])('%j', async (args, flag) => {
     const run = await cli(['replay', '--trace', trace, '--no-progress', ...args]);
     expect(run.code).toBe(2);
