@@ -5,6 +5,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../../src/cli.js';
 
+/** The trace-format fixtures under test/fixtures/traces, with the format each is in. */
+export const TRACE_FIXTURES: ReadonlyArray<readonly [file: string, format: string]> = [
+  ['mooncake.jsonl', 'mooncake'],
+  ['mooncake-sessions.jsonl', 'mooncake'],
+  ['agentic.jsonl', 'agentic'],
+  ['azure-2023.csv', 'azure'],
+  ['azure-2024.csv', 'azure'],
+  ['burstgpt.csv', 'burstgpt'],
+  ['bailian.jsonl', 'bailian'],
+];
+
 /**
  * `n` Mooncake-style lines every 37 ms with spread input/output lengths and shared prefixes (three
  * families of two blocks each), deterministic by construction.

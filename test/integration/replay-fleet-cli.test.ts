@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { mixedTraceLines } from '../helpers/traces.js';
+import { mixedTraceLines, TRACE_FIXTURES } from '../helpers/traces.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'bin/dynamo-mocker');
@@ -35,15 +35,7 @@ const trace = file('mixed.jsonl');
 writeFileSync(trace, mixedTraceLines(300).map((l) => JSON.stringify(l)).join('\n') + '\n');
 
 describe('trace formats through the CLI', () => {
-  it.each([
-    ['mooncake.jsonl', 'mooncake'],
-    ['mooncake-sessions.jsonl', 'mooncake'],
-    ['agentic.jsonl', 'agentic'],
-    ['azure-2023.csv', 'azure'],
-    ['azure-2024.csv', 'azure'],
-    ['burstgpt.csv', 'burstgpt'],
-    ['bailian.jsonl', 'bailian'],
-  ])('%s replays to completion, detected and named', async (name, format) => {
+  it.each(TRACE_FIXTURES)('%s replays to completion, detected and named', async (name, format) => {
     const output = file('rows.jsonl');
     const detected = await cli(['replay', '--trace', join(fixtures, name), '--no-progress', '--output', output, '--num-workers', '2', '--router', 'kv']);
     expect(detected.code, detected.err).toBe(0);

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { TraceError, parseTrace, type TraceRecord } from '../../src/replay/trace.js';
 import { TRACE_FORMATS, detectTraceFormat, parseTraceText, type TraceFormat } from '../../src/replay/trace-formats.js';
+import { TRACE_FIXTURES } from '../helpers/traces.js';
 
 const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../fixtures/traces/${name}`, import.meta.url)), 'utf8');
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -35,15 +36,7 @@ function expectRecords(actual: TraceRecord[], expected: TraceRecord[]): void {
 }
 
 describe('format detection', () => {
-  it.each([
-    ['mooncake.jsonl', 'mooncake'],
-    ['mooncake-sessions.jsonl', 'mooncake'],
-    ['agentic.jsonl', 'agentic'],
-    ['azure-2023.csv', 'azure'],
-    ['azure-2024.csv', 'azure'],
-    ['burstgpt.csv', 'burstgpt'],
-    ['bailian.jsonl', 'bailian'],
-  ])('%s is %s, with or without its file name', (name, format) => {
+  it.each(TRACE_FIXTURES)('%s is %s, with or without its file name', (name, format) => {
     expect(detectTraceFormat(fixture(name))).toBe(format);
     expect(detectTraceFormat(fixture(name), `/data/${name}`)).toBe(format);
     expect(parse(fixture(name)).format).toBe(format);
