@@ -138,10 +138,15 @@ export function sweepRow(combo: Record<string, string>, summary: ReplaySummary):
   };
 }
 
-/** What a sweep thread is given (the workload once, as its workerData; then one job at a time), and what it answers. */
+/**
+ * What a sweep thread is given: the workloads once, as its workerData (one, or one per swept seed
+ * of a synthetic workload), then one job at a time; and what it answers.
+ */
 export interface SweepJob {
   index: number;
   config: ReplayConfig;
+  /** Index into the thread's workloads. */
+  workload: number;
 }
 export type SweepAnswer = { index: number; summary: ReplaySummary; warnings: string[] } | { index: number; error: string };
 
@@ -149,15 +154,15 @@ export type SweepAnswer = { index: number; summary: ReplaySummary; warnings: str
  * Runs the jobs on `threads` worker threads (each replays one configuration at a time); summaries
  * come back in job order whatever the order they finish in, so the output never depends on it.
  */
-async function runJobs(jobs: SweepJob[], workload: Workload, threads: number, onDone: (done: number, warnings: string[]) => void): Promise<ReplaySummary[]> {
+async function runJobs(jobs: SweepJob[], workloads: Workload[], threads: number, onDone: (done: number, warnings: string[]) => void): Promise<ReplaySummary[]> {
   const summaries = new Array<ReplaySummary>(jobs.length);
   let next = 0;
   let done = 0;
   const url = new URL('./sweep-worker.js', import.meta.url);
   const run = (): Promise<void> =>
     new Promise((resolve, reject) => {
-      // The workload is copied into each thread once, not with every job.
-      const worker = new Worker(url, { workerData: workload });
+      // The workloads are copied into each thread once, not with every job.
+      const worker = new Worker(url, { workerData: workloads });
       const give = (): void => {
         if (next >= jobs.length) {
           void worker.terminate().then(() => resolve());
@@ -217,12 +222,25 @@ export async function runSweep(raw: RawOptions, argv: readonly string[], io: Rep
   const combos = crossProduct(axes);
   const configs = combos.map((combo) => sweepConfig(raw, argv, combo));
   const threads = raw.sweepJobs === undefined ? availableParallelism() : sweepJobs(raw.sweepJobs);
-  const workload = loadWorkload(configs[0]);
+  // A synthetic workload is generated from --seed: each swept seed replays its own, as it would alone.
+  const workloads: Workload[] = [];
+  const workloadOf = new Map<number, number>();
+  const workloadIndex = (config: ReplayConfig): number => {
+    const key = config.synthetic === null ? 0 : config.engine.seed;
+    let index = workloadOf.get(key);
+    if (index === undefined) {
+      index = workloads.push(loadWorkload(config)) - 1;
+      workloadOf.set(key, index);
+    }
+    return index;
+  };
+  const jobWorkloads = configs.map(workloadIndex);
+  const workload = workloads[0];
   if (workload.skippedRows > 0) io.err(`warning: ${workload.skippedRows} ${workload.format} rows with no prompt tokens left out (failed requests in the log)\n`);
-  const jobs = configs.map((config, index) => ({ index, config: { ...config, progress: false } }));
+  const jobs = configs.map((config, index) => ({ index, config: { ...config, progress: false }, workload: jobWorkloads[index] }));
   const progress = configs[0].progress;
   const warned = new Set<string>();
-  const summaries = await runJobs(jobs, workload, threads, (done, warnings) => {
+  const summaries = await runJobs(jobs, workloads, threads, (done, warnings) => {
     for (const w of warnings) {
       if (!warned.has(w)) io.err(w);
       warned.add(w);

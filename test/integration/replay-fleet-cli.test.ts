@@ -149,6 +149,22 @@ describe('sweep details', () => {
     expect(rows[1].prefix_hit_rate).toBe(0);
   });
 
+  it('with a synthetic workload, each swept seed replays the workload that seed generates, as a run alone would', async () => {
+    const synthetic = ['--synthetic', 'requests=150,isl=uniform:300:2000,osl=uniform:10:60,shared-prefix=0.5,rate=20', '--no-progress', '--num-workers', '2', '--router', 'kv'];
+    const summary = file('seeds.json');
+    const sweep = await cli(['replay', ...synthetic, '--sweep', 'seed=1,2', '--summary', summary]);
+    expect(sweep.code, sweep.err).toBe(0);
+    const { rows } = JSON.parse(readFileSync(summary, 'utf8')) as { rows: Array<{ e2e_ms: unknown; ttft_ms: unknown }> };
+    for (const [i, seed] of ['1', '2'].entries()) {
+      const alone = file(`seed${seed}.json`);
+      expect((await cli(['replay', ...synthetic, '--seed', seed, '--summary', alone])).code).toBe(0);
+      const expected = JSON.parse(readFileSync(alone, 'utf8')) as { e2e_ms: unknown; ttft_ms: unknown };
+      expect(rows[i].e2e_ms).toEqual(expected.e2e_ms);
+      expect(rows[i].ttft_ms).toEqual(expected.ttft_ms);
+    }
+    expect(rows[0].e2e_ms).not.toEqual(rows[1].e2e_ms);
+  });
+
   it('a large fleet lists 32 workers in the table and all of them in the JSON summary', async () => {
     const summary = file('wide.json');
     const run = await cli(['replay', '--trace', trace, '--no-progress', '--num-workers', '40', '--summary', summary]);
