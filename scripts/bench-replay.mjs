@@ -3,7 +3,7 @@
 // Generates synthetic Mooncake-shaped traces (1x = 23,608 requests), replays each in a fresh child
 // process a few times, and prints medians. Usage: node scripts/bench-replay.mjs [--runs 3] [--scales 1,2,4]
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -15,14 +15,15 @@ const { values } = parseArgs({ options: { runs: { type: 'string', default: '3' }
 if (values.child) {
   // Child: time only the simulation (trace already parsed), report CPU, wall and peak RSS.
   const { simulateTrace } = await import(join(root, 'dist/replay/run-replay.js'));
-  const { parseTrace } = await import(join(root, 'dist/replay/trace.js'));
+  const { loadWorkload } = await import(join(root, 'dist/replay/workload.js'));
   const { parseReplayConfig } = await import(join(root, 'dist/config.js'));
   const config = parseReplayConfig({ trace: values.child, progress: false }, []);
-  const records = parseTrace(readFileSync(values.child, 'utf8'), config.traceBlockSize);
+  const workload = loadWorkload(config);
+  const { records } = workload;
   const io = { out: () => {}, err: (t) => process.stderr.write(t), env: process.env, isTty: false };
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const { summary } = await simulateTrace(config, records, io);
+  const { summary } = await simulateTrace(config, workload, io);
   const wallMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
   process.stdout.write(JSON.stringify({
