@@ -15,6 +15,7 @@ import { renderHtmlReport } from './html-report.js';
 import { createRouter, routeRequest } from './replay-routing.js';
 import { roundMs, summarize, summarizeDisagg, summarizeFleet, summaryTable, type PoolUsage, type ReplaySummary, type RequestResult, type WorkerUsage } from './report.js';
 import type { Timeline } from './report-data.js';
+import { Dependents } from './dependents.js';
 import { SyntheticPrompts } from './synthetic-prompts.js';
 import { TimelineSampler } from './timeline.js';
 import { loadWorkload, type Workload } from './workload.js';
@@ -106,20 +107,7 @@ export async function simulateTrace(
 
   let nextRoot = 0;
   let finished = 0;
-  // Dependent records (sessions, agentic traces): how many of their requests are still going, and
-  // when the last of those ended.
-  const waitingOn = new Int32Array(records.length);
-  const lastDependencyEnd = new Float64Array(records.length);
-  const dependents = new Map<number, number[]>();
-  for (const r of records) {
-    if (!r.after) continue;
-    waitingOn[r.index] = r.after.indices.length;
-    for (const i of r.after.indices) {
-      const list = dependents.get(i);
-      if (list) list.push(r.index);
-      else dependents.set(i, [r.index]);
-    }
-  }
+  const dependents = new Dependents(records);
   const started = performance.now();
   let lastProgress = started;
   const progress = (force: boolean): void => {
@@ -139,13 +127,7 @@ export async function simulateTrace(
    */
   const ended = (key: number, atMs: number): void => {
     finished++;
-    let issued = 0;
-    for (const d of dependents.get(key) ?? []) {
-      lastDependencyEnd[d] = Math.max(lastDependencyEnd[d], atMs);
-      if (--waitingOn[d] > 0) continue;
-      sim.schedule(lastDependencyEnd[d] + records[d].after!.delayMs / config.arrivalSpeedup, () => prompts.request(records[d]));
-      issued++;
-    }
+    const issued = dependents.ended(key, atMs, config.arrivalSpeedup, (record, readyMs) => sim.schedule(readyMs, () => prompts.request(record)));
     if (config.concurrency !== null && issued === 0) submitNext(atMs);
   };
   /** `seq` emitted its last token; `cached` and `preemptions` may include a prefill worker's share. */
@@ -169,12 +151,13 @@ export async function simulateTrace(
     if (result.ok) r.dp_rank = result.rank;
     else fail(key, atMs, result.reason);
   };
-  const token = (seq: Sequence, atMs: number): void => {
+  /** Records a token of `seq`; true when it was the first. */
+  const token = (seq: Sequence, atMs: number): boolean => {
     const r = results[seq.key];
-    if (r.first_token_ms === null) {
-      r.first_token_ms = roundMs(atMs);
-      r.ttft_ms = roundMs(atMs - r.arrival_ms);
-    }
+    if (r.first_token_ms !== null) return false;
+    r.first_token_ms = roundMs(atMs);
+    r.ttft_ms = roundMs(atMs - r.arrival_ms);
+    return true;
   };
   const onPass = (): void => {
     if ((sim.passes & 1023) === 0) progress(false);
@@ -205,8 +188,7 @@ export async function simulateTrace(
           submitted(key, atMs, result);
         },
         onToken: (seq, _token, atMs) => {
-          if (results[seq.key].first_token_ms === null) tell?.firstToken(seq.key, atMs);
-          token(seq, atMs);
+          if (token(seq, atMs)) tell?.firstToken(seq.key, atMs);
         },
         onFinish: (seq, atMs) => {
           tell?.end(seq.key, atMs);
@@ -262,7 +244,7 @@ export async function simulateTrace(
       onActivate: (seq, atMs) => {
         results[seq.key].decode_start_ms = roundMs(atMs);
       },
-      onToken: (seq, _token, atMs) => token(seq, atMs),
+      onToken: (seq, _token, atMs) => void token(seq, atMs),
       onFinish: (seq, atMs) => {
         const cached = prefillCached.get(seq.key) ?? seq.cachedTokens ?? 0;
         const preemptions = (prefillPreemptions.get(seq.key) ?? 0) + seq.preemptions;
