@@ -123,7 +123,7 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--arrival-speedup <x>', `open loop: divide trace timestamps (and think times) by x${d(REPLAY_DEFAULTS.arrivalSpeedup)}`)
     .option('--concurrency <n>', 'closed loop: keep n requests in flight, ignoring timestamps')
     .option('--num-workers <n>', `aggregated workers, each its own engine (KV cache, DP ranks)${d(REPLAY_DEFAULTS.numWorkers)}`)
-    .option('--router <mode>', `how requests are spread over the workers: round-robin, random, least-loaded or kv (Dynamo's KV-aware cost function)${d(REPLAY_DEFAULTS.router)}`)
+    .option('--router <mode>', `how requests are spread over the workers (disaggregated: within each pool): round-robin, random, least-loaded or kv (Dynamo's KV-aware cost function)${d(REPLAY_DEFAULTS.router)}`)
     .option('--kv-overlap-score-weight <w>', `kv router: weight of the prompt blocks still to compute against the decode load${d(REPLAY_DEFAULTS.kvOverlapScoreWeight)}`)
     .option('--router-temperature <t>', `kv router: 0 picks the lowest cost; above 0 samples a softmax over the costs${d(REPLAY_DEFAULTS.routerTemperature)}`)
     .option('--sweep <flag=v1,v2,...>', "replay every combination of the values (repeatable), in parallel; e.g. --sweep 'num-workers=4,8' --sweep 'router=round-robin,kv'", (v: string, prev: string[] = []) => [...prev, v])
@@ -132,8 +132,8 @@ export function buildProgram(io: CliIo, argv: readonly string[], exitCode: { val
     .option('--summary <file.json>', 'write the summary as JSON (sweeps: every configuration\'s row)')
     .option('--report <file.html>', 'write a self-contained HTML report: latency distributions, per-worker load over time (sweeps: the Pareto chart)')
     .option('--model-path <path>', 'local model directory or cached repo id for vocabulary, context length and KV bytes per token')
-    .option('--prefill-workers <n>', 'disaggregated: prefill workers, round-robin (needs --decode-workers; default: aggregated workers)')
-    .option('--decode-workers <n>', 'disaggregated: decode workers, round-robin (needs --prefill-workers; default: aggregated workers)')
+    .option('--prefill-workers <n>', 'disaggregated: prefill workers, routed by --router (needs --decode-workers; default: aggregated workers)')
+    .option('--decode-workers <n>', 'disaggregated: decode workers, routed by --router (needs --prefill-workers; default: aggregated workers)')
     .option('--no-progress', 'do not print progress to stderr');
   addEngineOptions(replay);
   addKvTransferOptions(replay);

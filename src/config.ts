@@ -1033,9 +1033,6 @@ export function parseReplayConfig(raw: RawOptions, argv: readonly string[]): Rep
     if (!chosen) throw new ConfigError('--router', `must be one of ${REPLAY_ROUTERS.join(', ')}, got '${asString('--router', raw.router)}'`);
     router = chosen;
   }
-  if (prefillWorkers !== null && router !== 'round-robin') {
-    throw new ConfigError('--router', 'disaggregated replay routes round-robin within each pool; drop --router or --prefill-workers/--decode-workers');
-  }
   const kvOverlapScoreWeight =
     raw.kvOverlapScoreWeight === undefined ? REPLAY_DEFAULTS.kvOverlapScoreWeight : parseNumber('--kv-overlap-score-weight', raw.kvOverlapScoreWeight, { min: 0 });
   const routerTemperature =

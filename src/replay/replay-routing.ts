@@ -3,14 +3,22 @@ import type { EngineRequest } from '../core/engine.js';
 import { sequenceHashes, type Xxh3 } from '../core/hash.js';
 import { mixSeed } from '../core/random.js';
 import { LeastLoadedRouter, RandomRouter, RoundRobinRouter, type FleetRouter, type RouteRequest } from '../core/router/fleet-router.js';
-import { KvRouter } from '../core/router/kv-router.js';
+import { KvRouter, poolRouterOptions, type KvRouterOptions } from '../core/router/kv-router.js';
 import type { ReplayConfig } from '../config.js';
 
 /** Keeps the router's random stream apart from the engines' (both come from --seed). */
 const ROUTER_SEED_SALT = 0x726f7574;
 
-export function createRouter(config: Pick<ReplayConfig, 'router' | 'kvOverlapScoreWeight' | 'routerTemperature' | 'engine'>, workers: number): FleetRouter {
-  const seed = mixSeed(config.engine.seed, ROUTER_SEED_SALT);
+/**
+ * The router for an aggregated fleet, or for one pool of a disaggregated replay (each pool has its
+ * own, with its own random stream; the KV router takes Dynamo's per-pool settings).
+ */
+export function createRouter(
+  config: Pick<ReplayConfig, 'router' | 'kvOverlapScoreWeight' | 'routerTemperature' | 'engine'>,
+  workers: number,
+  pool: 'aggregated' | 'prefill' | 'decode' = 'aggregated',
+): FleetRouter {
+  const seed = pool === 'aggregated' ? mixSeed(config.engine.seed, ROUTER_SEED_SALT) : mixSeed(config.engine.seed, ROUTER_SEED_SALT, pool === 'prefill' ? 1 : 2);
   switch (config.router) {
     case 'round-robin':
       return new RoundRobinRouter(workers);
@@ -18,15 +26,17 @@ export function createRouter(config: Pick<ReplayConfig, 'router' | 'kvOverlapSco
       return new RandomRouter(workers, seed);
     case 'least-loaded':
       return new LeastLoadedRouter(workers, seed);
-    case 'kv':
-      return new KvRouter({
+    case 'kv': {
+      const opts: KvRouterOptions = {
         workers,
         ranksPerWorker: config.engine.dataParallelSize,
         blockSize: config.engine.blockSize,
         overlapScoreWeight: config.kvOverlapScoreWeight,
         temperature: config.routerTemperature,
         seed,
-      });
+      };
+      return new KvRouter(pool === 'aggregated' ? opts : poolRouterOptions(pool, opts));
+    }
   }
 }
 

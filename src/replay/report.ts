@@ -110,6 +110,8 @@ export interface PoolSummary {
 }
 
 export interface DisaggSummary {
+  /** The router of each pool when not round-robin (absent: round-robin, as the summary always had it). */
+  router?: string;
   prefill: PoolSummary;
   decode: PoolSummary;
   kv_transfer_bandwidth_gbps: number;
@@ -186,6 +188,7 @@ export function summarizeDisagg(
   durationMs: number,
   pools: { prefill: PoolUsage; decode: PoolUsage },
   kv: KvTransferSettings,
+  router = 'round-robin',
 ): DisaggSummary {
   const done = results.filter((r) => r.error === undefined && r.finish_ms !== null);
   const spanMs = Math.max(durationMs, pools.prefill.lastPassEndMs, pools.decode.lastPassEndMs);
@@ -201,6 +204,7 @@ export function summarizeDisagg(
       }),
     );
   return {
+    ...(router === 'round-robin' ? {} : { router }),
     prefill: pool(pools.prefill),
     decode: pool(pools.decode),
     kv_transfer_bandwidth_gbps: kv.bandwidthGBps,
@@ -296,7 +300,7 @@ export function summaryTable(s: ReplaySummary): string {
   }
   const dg = s.disagg;
   if (dg) {
-    rows.push(`disaggregated   ${dg.prefill.workers} prefill + ${dg.decode.workers} decode workers, round-robin; ${transferLine(dg)}`);
+    rows.push(`disaggregated   ${dg.prefill.workers} prefill + ${dg.decode.workers} decode workers, ${dg.router ?? 'round-robin'} router per pool; ${transferLine(dg)}`);
     rows.push(`pool busy       prefill ${pct(dg.prefill.busy_fraction)} over ${dg.prefill.passes} passes, decode ${pct(dg.decode.busy_fraction)} over ${dg.decode.passes} passes`);
   }
   rows.push('');

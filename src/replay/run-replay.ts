@@ -225,17 +225,38 @@ export async function simulateTrace(
     // The prefill side's share of a request's report: its prefix hits and preemptions.
     const prefillCached = new Map<number, number>();
     const prefillPreemptions = new Map<number, number>();
+    // One router per pool, as in Dynamo's replay; round-robin keeps the driver's own rotations.
+    const routers = config.router === 'round-robin' ? null : { prefill: createRouter(config, prefill.length, 'prefill'), decode: createRouter(config, decode.length, 'decode') };
+    const news = routers && {
+      prefill: routerNews(routers.prefill, (atMs, action) => sim.at(atMs, action, { beforeArrivals: true, observer: true })),
+      decode: routerNews(routers.decode, (atMs, action) => sim.at(atMs, action, { beforeArrivals: true, observer: true })),
+    };
+    const blockSize = config.engine.blockSize;
+    const routingHasher = config.engine.enablePrefixCaching ? hasher : null;
+    const picker = (router: FleetRouter) => (request: EngineRequest, nowMs: number): number => {
+      const target = router.route(routeRequest(request, routingHasher, blockSize), nowMs);
+      if (target.rank !== null) request.dpRank = target.rank;
+      return target.worker;
+    };
+    const pickers = routers ? { pickPrefill: picker(routers.prefill), pickDecode: picker(routers.decode) } : {};
     sim = new DisaggDriver(prefill, decode, kv, {
       onSubmit: (key, atMs, result, prefillWorker) => {
         results[key].prefill_worker = prefillWorker;
+        if (routers && !result.ok) (prefillWorker === null ? routers.decode : routers.prefill).onEnd?.(key);
         submitted(key, atMs, result);
       },
       onPrefillDone: (seq, atMs) => {
+        // Dynamo's replay marks the prefill complete and frees it in the prefill router, then routes the decode.
+        news?.prefill?.firstToken(seq.key, atMs);
+        news?.prefill?.end(seq.key, atMs);
         results[seq.key].prefill_done_ms = roundMs(atMs);
         prefillCached.set(seq.key, seq.cachedTokens ?? 0);
         prefillPreemptions.set(seq.key, seq.preemptions);
       },
-      onDecodeRefused: (key, atMs, reason, decodeWorker) => fail(key, atMs, `decode worker ${decodeWorker}: ${reason}`),
+      onDecodeRefused: (key, atMs, reason, decodeWorker) => {
+        routers?.decode.onEnd?.(key);
+        fail(key, atMs, `decode worker ${decodeWorker}: ${reason}`);
+      },
       onTransfer: (seq, _atMs, delayMs, decodeWorker) => {
         const r = results[seq.key];
         r.decode_worker = decodeWorker;
@@ -250,16 +271,19 @@ export async function simulateTrace(
         const preemptions = (prefillPreemptions.get(seq.key) ?? 0) + seq.preemptions;
         prefillCached.delete(seq.key);
         prefillPreemptions.delete(seq.key);
+        news?.decode?.end(seq.key, atMs);
         finish(seq, atMs, cached, preemptions);
       },
-      onPass: (_rank, result, which) => {
+      onPass: (_rank, result, which, worker) => {
+        // Only the prefill pool's KV events reach a router (Dynamo's decode workers capture none).
+        if (which === 'prefill' && result.kvEvents.length) routers?.prefill.onKvEvents?.(worker, result.kvEvents);
         const u = measured[which];
         u.passes++;
         u.busyMs += result.endMs - result.startMs;
         u.lastPassEndMs = Math.max(u.lastPassEndMs, result.endMs);
         onPass();
       },
-    });
+    }, pickers);
   }
 
   /** Closed loop: issues the next independent record (dependents are issued by their dependencies' ends). */
@@ -299,7 +323,7 @@ export async function simulateTrace(
     io.err('\n');
   }
   const summary = summarize(results, endMs, sim.passes);
-  if (pools && kv) summary.disagg = summarizeDisagg(results, endMs, pools, kv);
+  if (pools && kv) summary.disagg = summarizeDisagg(results, endMs, pools, kv, config.router);
   if (fleet && fleetUsage && router) summary.fleet = summarizeFleet(results, endMs, router.name, fleetUsage, config.engine.dataParallelSize);
   return { results, summary, timeline: sampler?.result() ?? null };
 }

@@ -84,6 +84,26 @@ describe('fleet replay', () => {
   });
 });
 
+describe('disaggregated pools behind routers', () => {
+  it('each pool has its router: deterministic, every row on a worker of each pool, the router in the summary', async () => {
+    const args = ['replay', '--trace', trace, '--no-progress', '--prefill-workers', '2', '--decode-workers', '2', '--kv-bytes-per-token', '131072', '--router', 'kv'];
+    const [a, b] = [{ output: file('d.jsonl'), summary: file('d.json') }, { output: file('e.jsonl'), summary: file('e.json') }];
+    const [ra, rb] = await Promise.all([
+      cli([...args, '--output', a.output, '--summary', a.summary]),
+      cli([...args, '--output', b.output, '--summary', b.summary]),
+    ]);
+    expect(ra.code, ra.err).toBe(0);
+    expect(rb.code).toBe(0);
+    expect(readFileSync(a.output, 'utf8')).toBe(readFileSync(b.output, 'utf8'));
+    expect(ra.out).toContain('kv router per pool');
+    const rows = readFileSync(a.output, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { prefill_worker: number; decode_worker: number; error?: string });
+    expect(rows.every((r) => r.error === undefined && [0, 1].includes(r.prefill_worker) && [0, 1].includes(r.decode_worker))).toBe(true);
+    for (const pool of ['prefill_worker', 'decode_worker'] as const) expect(new Set(rows.map((r) => r[pool])).size).toBe(2);
+    const summary = JSON.parse(readFileSync(a.summary, 'utf8')) as { disagg: { router?: string } };
+    expect(summary.disagg.router).toBe('kv');
+  });
+});
+
 describe('sweeps', () => {
   const sweepArgs = ['replay', '--trace', trace, '--no-progress', '--sweep', 'num-workers=1,2,3', '--sweep', 'router=round-robin,kv', '--sweep', 'max-num-seqs=4,256'];
 
@@ -180,7 +200,6 @@ describe('bad flags exit 2 and name the flag', () => {
     [['--router', 'nearest'], '--router'],
     [['--num-workers', '0'], '--num-workers'],
     [['--num-workers', '2', '--prefill-workers', '1', '--decode-workers', '1'], '--num-workers'],
-    [['--router', 'kv', '--prefill-workers', '1', '--decode-workers', '1'], '--router'],
     [['--kv-overlap-score-weight', '-1'], '--kv-overlap-score-weight'],
     [['--router-temperature', 'hot'], '--router-temperature'],
     [['--trace-format', 'parquet'], '--trace-format'],

@@ -8,6 +8,7 @@ import {
   KV_COST_DEFAULTS,
   KvRouter,
   kvLogit,
+  poolRouterOptions,
   selectCandidate,
   softmaxSample,
   weightsFromOverlapScoreWeight,
@@ -27,6 +28,7 @@ function cost(x: Partial<Omit<CostInputs, 'load'>> & { load?: Partial<CandidateL
     blockSize: x.blockSize ?? 16,
     overlapBlocks: x.overlapBlocks ?? 0,
     minActivePrefillTokens: x.minActivePrefillTokens ?? 0,
+    trackPrefillTokens: x.trackPrefillTokens,
     load: { ...noLoad(), ...x.load },
   };
   return kvLogit(inputs, { ...KV_COST_DEFAULTS, ...w });
@@ -452,6 +454,54 @@ describe('KvRouter (ours)', () => {
       z.onKvEvents(b, [event(stored([1n, 2n, 3n, 4n]))]);
       expect(z.route(req(1, 80, [1n, 2n, 3n, 4n, 5n])).worker).toBe(toB ? b : 1 - b);
     }
+  });
+});
+
+describe('per-pool KV routers of disaggregated replay (mocker replay/offline/extensions/kv_router/composition_disagg.rs)', () => {
+  const base = { workers: 2, ranksPerWorker: 1, blockSize: 16, temperature: 0, seed: 3 };
+
+  it('the prefill pool\'s router tracks no active blocks (derive_prefill_router_config): only prefill and overlap count', () => {
+    const router = new KvRouter(poolRouterOptions('prefill', base));
+    router.onKvEvents(1, [event(stored([1n, 2n]))]);
+    // 64-token prompt: w0 = 64/16 = 4; w1 = (0 + 32 + 32)/16 − 2 = 2 → w1, which books 32 prefill tokens and no blocks.
+    expect(router.route(req(1, 64, [1n, 2n, 3n, 4n])).worker).toBe(1);
+    expect(loadOf(router, 1)).toEqual({ activePrefillTokens: 32, activeDecodeBlocks: 0, additionalActiveBlocks: 0, activeRequests: 1 });
+    // r2, same prompt: w0 = 4, w1 = (32 + 32 + 32)/16 − 2 = 4: a tie, so both workers must come up over seeds.
+    const picks = new Set<number>();
+    for (let seed = 0; seed < 40; seed++) {
+      const r = new KvRouter(poolRouterOptions('prefill', { ...base, seed }));
+      r.onKvEvents(1, [event(stored([1n, 2n]))]);
+      r.route(req(1, 64, [1n, 2n, 3n, 4n]));
+      picks.add(r.route(req(2, 64, [1n, 2n, 3n, 4n])).worker);
+    }
+    expect([...picks].sort()).toEqual([0, 1]);
+    router.onFirstToken(1);
+    router.onEnd(1);
+    expect(loadOf(router, 1)).toEqual(noLoad());
+  });
+
+  it('the decode pool\'s router balances decode blocks alone (derive_decode_router_config): no credit, no reuse, no prefill', () => {
+    const router = new KvRouter(poolRouterOptions('decode', base));
+    // Even a worker that caches the whole prompt gets no credit for it.
+    router.onKvEvents(0, [event(stored([1n, 2n, 3n, 4n]))]);
+    // r1 (4 blocks): both logits 0 + 0 + 4 → tie; whichever wins books 4 blocks and no prefill tokens.
+    const first = router.route(req(1, 64, [1n, 2n, 3n, 4n])).worker;
+    expect(loadOf(router, first)).toEqual({ activePrefillTokens: 0, activeDecodeBlocks: 4, additionalActiveBlocks: 0, activeRequests: 1 });
+    // r2 shares r1's blocks, but no reuse is assumed: it goes to the other worker (0 + 4 < 4 + 4) and books 4 of its own.
+    const second = router.route(req(2, 64, [1n, 2n, 3n, 4n])).worker;
+    expect(second).toBe(1 - first);
+    // r3, 2 blocks: 4 + 2 on either side → tie; after it, the emptier worker is the one without r3.
+    const third = router.route(req(3, 32, [1n, 2n])).worker;
+    expect(loadOf(router, third).activeDecodeBlocks).toBe(6);
+    expect(router.route(req(4, 16, [9n])).worker).toBe(1 - third);
+    for (const key of [1, 2, 3, 4]) router.onEnd(key);
+    expect(loadOf(router, 0)).toEqual(noLoad());
+    expect(loadOf(router, 1)).toEqual(noLoad());
+  });
+
+  it('a cost function without prefill tracking charges none, whatever the backlog', () => {
+    expect(cost({ isl: 64, blockSize: 16, overlapBlocks: 0, trackPrefillTokens: false, load: { activePrefillTokens: 500, activeDecodeBlocks: 7, additionalActiveBlocks: 4 } })).toBe(11);
+    expect(cost({ isl: 64, blockSize: 16, overlapBlocks: 0, load: { activePrefillTokens: 500, activeDecodeBlocks: 7, additionalActiveBlocks: 4 } })).toBe((500 + 64) / 16 + 11);
   });
 });
 

@@ -53,6 +53,8 @@ export interface CostInputs {
   load: CandidateLoad;
   /** The smallest activePrefillTokens over all candidates (only the credit decay reads it). */
   minActivePrefillTokens: number;
+  /** router_track_prefill_tokens; false (a decode pool's router) charges no prefill at all. Default true. */
+  trackPrefillTokens?: boolean;
 }
 
 /**
@@ -67,10 +69,11 @@ export interface CostInputs {
  */
 export function kvLogit(x: CostInputs, w: KvCostWeights): number {
   const cached = x.overlapBlocks * x.blockSize;
-  const rawPrefillTokens = x.load.activePrefillTokens + (x.isl - Math.min(cached, x.isl)) + cached;
+  const tracked = x.trackPrefillTokens !== false;
+  const rawPrefillTokens = tracked ? x.load.activePrefillTokens + (x.isl - Math.min(cached, x.isl)) + cached : 0;
   const rawPrefillBlocks = rawPrefillTokens / x.blockSize;
   let decay = 1;
-  if (w.overlapScoreCreditDecay > 0) {
+  if (tracked && w.overlapScoreCreditDecay > 0) {
     const excessBlocks = Math.max(0, x.load.activePrefillTokens - x.minActivePrefillTokens) / x.blockSize;
     const requestBlocks = Math.ceil(x.isl / x.blockSize);
     decay = 1 / (1 + w.overlapScoreCreditDecay * (excessBlocks / requestBlocks));
@@ -142,6 +145,24 @@ export interface KvRouterOptions {
   weights?: KvCostWeights;
   temperature: number;
   seed: number;
+  /** router_track_active_blocks (default true): book each request's prompt blocks as active. */
+  trackActiveBlocks?: boolean;
+  /** router_track_prefill_tokens (default true): charge uncached prompt tokens until the first token. */
+  trackPrefillTokens?: boolean;
+  /** router_assume_kv_reuse (default true); false books every block as its own (Dynamo draws random hashes). */
+  assumeKvReuse?: boolean;
+}
+
+/**
+ * Dynamo's offline disaggregated replay derives one router per pool from the main config
+ * (`derive_prefill_router_config`, `derive_decode_router_config`): the prefill pool's tracks no
+ * active blocks; the decode pool's gives no overlap credit, assumes no KV reuse and tracks no
+ * prefill tokens, so it balances decode blocks alone.
+ */
+export function poolRouterOptions(pool: 'prefill' | 'decode', opts: KvRouterOptions): KvRouterOptions {
+  if (pool === 'prefill') return { ...opts, trackActiveBlocks: false };
+  const base = opts.weights ?? weightsFromOverlapScoreWeight(opts.overlapScoreWeight ?? KV_COST_DEFAULTS.prefillLoadScale);
+  return { ...opts, weights: { ...base, overlapScoreCredit: 0 }, assumeKvReuse: false, trackPrefillTokens: false };
 }
 
 /** A request the router has placed: what it charged the candidate. */
@@ -185,6 +206,9 @@ export class KvRouter implements FleetRouter {
     minActivePrefillTokens: 0,
     load: { activePrefillTokens: 0, activeDecodeBlocks: 0, additionalActiveBlocks: 0, activeRequests: 0 },
   };
+  private readonly trackActiveBlocks: boolean;
+  private readonly trackPrefillTokens: boolean;
+  private readonly assumeKvReuse: boolean;
   /** Requests routed and their overlap on the chosen candidate, for the summary. */
   routed = 0;
   overlapBlocksRouted = 0;
@@ -200,6 +224,10 @@ export class KvRouter implements FleetRouter {
     this.requests = new Int32Array(this.candidates);
     this.activeBlocks = Array.from({ length: this.candidates }, () => new Map());
     this.privateBlocks = new Int32Array(this.candidates);
+    this.trackActiveBlocks = opts.trackActiveBlocks ?? true;
+    this.trackPrefillTokens = opts.trackPrefillTokens ?? true;
+    this.assumeKvReuse = opts.assumeKvReuse ?? true;
+    this.costInputs.trackPrefillTokens = this.trackPrefillTokens;
   }
 
   onKvEvents(worker: number, events: readonly KvEvent[]): void {
@@ -207,7 +235,10 @@ export class KvRouter implements FleetRouter {
     for (const e of events) this.index.apply(base + e.dpRank, e.data);
   }
 
-  /** What the router projects on `candidate` for a request with these block hashes (written into `load`). */
+  /**
+   * What the router projects on `candidate` for a request whose first `sharedLength` block hashes
+   * may be shared, of `fullBlocks` it would book (written into `load`).
+   */
   fillLoad(load: CandidateLoad, candidate: number, hashes: readonly bigint[], sharedLength: number, fullBlocks: number): CandidateLoad {
     const active = this.activeBlocks[candidate];
     let depth = 0;
@@ -226,8 +257,12 @@ export class KvRouter implements FleetRouter {
     // Replay-private blocks (no other request shares them) form a suffix; each counts as its own block.
     let sharedLength = 0;
     while (sharedLength < hashes.length && hashes[sharedLength] !== PRIVATE_BLOCK_KEY) sharedLength++;
-    const privateBlocks = Math.max(0, fullBlocks - sharedLength);
     this.index.overlaps(hashes, this.overlap, sharedLength);
+    // What the load book holds of it: nothing (active blocks untracked), or every block as its own
+    // (no KV reuse assumed), or its shared prefix by hash and the rest as private blocks.
+    const bookedShared = this.trackActiveBlocks && this.assumeKvReuse ? sharedLength : 0;
+    const privateBlocks = this.trackActiveBlocks ? Math.max(0, fullBlocks - bookedShared) : 0;
+    const projectedBlocks = this.trackActiveBlocks ? fullBlocks : 0;
     let minPrefill = Infinity;
     for (let c = 0; c < this.candidates; c++) minPrefill = Math.min(minPrefill, this.prefillTokens[c]);
     // One reusable inputs object: this runs for every candidate of every request.
@@ -237,18 +272,18 @@ export class KvRouter implements FleetRouter {
     x.minActivePrefillTokens = minPrefill;
     for (let c = 0; c < this.candidates; c++) {
       x.overlapBlocks = this.overlap[c];
-      this.fillLoad(x.load, c, hashes, sharedLength, fullBlocks);
+      this.fillLoad(x.load, c, hashes, bookedShared, projectedBlocks);
       this.logits[c] = kvLogit(x, this.weights);
     }
     const candidate = selectCandidate(this.logits, this.opts.temperature, this.rng);
     const cached = this.overlap[candidate] * blockSize;
-    const prefillTokens = request.promptLength - Math.min(cached, request.promptLength);
+    const prefillTokens = this.trackPrefillTokens ? request.promptLength - Math.min(cached, request.promptLength) : 0;
     const active = this.activeBlocks[candidate];
-    for (let i = 0; i < sharedLength; i++) active.set(hashes[i], (active.get(hashes[i]) ?? 0) + 1);
+    for (let i = 0; i < bookedShared; i++) active.set(hashes[i], (active.get(hashes[i]) ?? 0) + 1);
     this.privateBlocks[candidate] += privateBlocks;
     this.prefillTokens[candidate] += prefillTokens;
     this.requests[candidate]++;
-    this.placed.set(request.key, { candidate, hashes, sharedLength, privateBlocks, prefillTokens });
+    this.placed.set(request.key, { candidate, hashes, sharedLength: bookedShared, privateBlocks, prefillTokens });
     this.routed++;
     this.overlapBlocksRouted += this.overlap[candidate];
     const ranks = this.opts.ranksPerWorker;
