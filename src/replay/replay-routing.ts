@@ -1,5 +1,6 @@
-// Builds the replay fleet's router from the flags, and what it sees of each trace request.
+// The replay's routers: built from the flags, shown each request, and told what a pass's end shows.
 import type { EngineRequest } from '../core/engine.js';
+import type { WorkerPicker } from '../engine/offline-driver.js';
 import { sequenceHashes, type Xxh3 } from '../core/hash.js';
 import { mixSeed } from '../core/random.js';
 import { LeastLoadedRouter, RandomRouter, RoundRobinRouter, type FleetRouter, type RouteRequest } from '../core/router/fleet-router.js';
@@ -57,3 +58,44 @@ export function routeRequest(request: EngineRequest, hasher: Xxh3 | null, blockS
     },
   };
 }
+
+/** A fleet driver's picker that asks `router` (and puts the DP rank it chose on the request). */
+export function routerPicker(router: FleetRouter, hasher: Xxh3 | null, blockSize: number): WorkerPicker {
+  return (request, nowMs) => {
+    const target = router.route(routeRequest(request, hasher, blockSize), nowMs);
+    if (target.rank !== null) request.dpRank = target.rank;
+    return target.worker;
+  };
+}
+
+/** What a router hears of a request after routing it. */
+export interface RouterNews {
+  firstToken(key: number, atMs: number): void;
+  end(key: number, atMs: number): void;
+}
+
+/**
+ * Tells a router what a pass's end shows — first tokens and finished streams — when the pass ends
+ * (not when the simulation computes it, at its start): one timed action per pass, given to `at`,
+ * which must run it before same-time arrivals. Null when the router does not listen.
+ */
+export function routerNews(router: FleetRouter, at: (atMs: number, action: () => void) => void): RouterNews | null {
+  if (!router.onFirstToken && !router.onEnd) return null;
+  let batch: { atMs: number; firstTokens: number[]; ends: number[] } | null = null;
+  const batchAt = (atMs: number): { firstTokens: number[]; ends: number[] } => {
+    if (batch && batch.atMs === atMs) return batch;
+    const b = { atMs, firstTokens: [] as number[], ends: [] as number[] };
+    batch = b;
+    at(atMs, () => {
+      for (const key of b.firstTokens) router.onFirstToken?.(key);
+      for (const key of b.ends) router.onEnd?.(key);
+      if (batch === b) batch = null;
+    });
+    return b;
+  };
+  return {
+    firstToken: (key, atMs) => batchAt(atMs).firstTokens.push(key),
+    end: (key, atMs) => batchAt(atMs).ends.push(key),
+  };
+}
+
