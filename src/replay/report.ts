@@ -89,6 +89,8 @@ export interface Spread {
 
 export interface FleetSummary {
   router: string;
+  /** What the router measured itself, when it does (kv: requests routed, the cached blocks and tokens it saw on the workers it chose). */
+  router_stats?: Record<string, number>;
   workers: number;
   per_worker: FleetWorkerSummary[];
   spread: { requests: Spread; input_tokens: Spread; busy_fraction: Spread; prefix_hit_rate: Spread };
@@ -231,7 +233,13 @@ function spread(values: readonly number[]): Spread {
 }
 
 /** The per-worker part of a fleet replay's summary. */
-export function summarizeFleet(results: readonly RequestResult[], durationMs: number, router: string, usage: readonly WorkerUsage[], ranksPerWorker: number): FleetSummary {
+export function summarizeFleet(
+  results: readonly RequestResult[],
+  durationMs: number,
+  router: { name: string; stats?(): Record<string, number> },
+  usage: readonly WorkerUsage[],
+  ranksPerWorker: number,
+): FleetSummary {
   const per: FleetWorkerSummary[] = usage.map((u, worker) => ({
     worker,
     requests: 0,
@@ -263,7 +271,8 @@ export function summarizeFleet(results: readonly RequestResult[], durationMs: nu
     w.ttft_ms = stats(ttfts[w.worker]);
   }
   return {
-    router,
+    router: router.name,
+    ...(router.stats ? { router_stats: router.stats() } : {}),
     workers: per.length,
     per_worker: per,
     spread: {
@@ -294,6 +303,10 @@ export function summaryTable(s: ReplaySummary): string {
   if (fl) {
     const sp = fl.spread;
     rows.push(`fleet           ${fl.workers} workers, ${fl.router} router`);
+    const seen = fl.router_stats?.overlap_tokens;
+    if (seen !== undefined && s.input_tokens > 0) {
+      rows.push(`router's view   ${pct(seen / s.input_tokens)} of input tokens cached on the workers it chose, by their KV events (the engines hit ${pct(s.prefix_hit_rate)})`);
+    }
     rows.push(
       `spread          requests ${sp.requests.min}–${sp.requests.max} per worker (max/mean ${sp.requests.max_over_mean.toFixed(3)}), busy ${pct(sp.busy_fraction.min)}–${pct(sp.busy_fraction.max)}, prefix hits ${pct(sp.prefix_hit_rate.min)}–${pct(sp.prefix_hit_rate.max)}`,
     );

@@ -223,7 +223,7 @@ function aggregatedFleet({ config, timing, hasher, limits, book, onPass }: Simul
     sim,
     engines,
     summarize: (summary, endMs) => {
-      if (fleet) summary.fleet = summarizeFleet(book.results, endMs, router.name, usage, config.engine.dataParallelSize);
+      if (fleet) summary.fleet = summarizeFleet(book.results, endMs, router, usage, config.engine.dataParallelSize);
     },
   };
 }

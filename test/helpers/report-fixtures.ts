@@ -93,7 +93,7 @@ export function replayFixture(opts: ReplayFixtureOptions): ReplayReportData {
   // A fleet's summary has a per-worker section, as the replay writes it for --num-workers above 1.
   if (opts.workers > 1) {
     const usage = Array.from({ length: opts.workers }, () => ({ passes: Math.round(end / 15), busyMs: end * (0.4 + rand() * 0.5) }));
-    summary.fleet = summarizeFleet(results, end, 'kv', usage, 1);
+    summary.fleet = summarizeFleet(results, end, { name: 'kv' }, usage, 1);
   }
   return {
     kind: 'replay',

@@ -74,6 +74,21 @@ describe('fleet replay', () => {
     }
   });
 
+  it('the KV router reports what it saw: every request routed, the cached tokens it expected', async () => {
+    const summary = file('view.json');
+    const run = await cli(['replay', '--trace', trace, '--no-progress', '--num-workers', '3', '--router', 'kv', '--summary', summary]);
+    expect(run.code, run.err).toBe(0);
+    const parsed = JSON.parse(readFileSync(summary, 'utf8')) as { requests: number; cached_tokens: number; fleet: { router_stats: { routed: number; overlap_blocks: number; overlap_tokens: number } } };
+    const stats = parsed.fleet.router_stats;
+    expect(stats.routed).toBe(parsed.requests);
+    expect(stats.overlap_tokens).toBe(stats.overlap_blocks * 64);
+    // The trace shares prefixes: the router saw some of them cached.
+    expect(stats.overlap_tokens).toBeGreaterThan(0);
+    expect(run.out).toMatch(/router's view +\d+\.\d+% of input tokens cached on the workers it chose/);
+    const roundRobin = await cli(['replay', '--trace', trace, '--no-progress', '--num-workers', '3', '--summary', file('rr.json')]);
+    expect(roundRobin.out).not.toContain("router's view");
+  });
+
   it('a synthetic workload replays, seeded', async () => {
     const args = ['replay', '--synthetic', 'requests=200,isl=uniform:500:3000,osl=lognormal:80:40,shared-prefix=0.5,prefix-groups=4,turns=2,turn-delay-ms=100,rate=30', '--no-progress', '--num-workers', '2', '--router', 'kv'];
     const [a, b, other] = await Promise.all([cli([...args, '--seed', '1']), cli([...args, '--seed', '1']), cli([...args, '--seed', '2'])]);

@@ -31,6 +31,8 @@ export interface FleetRouter {
   onKvEvents?(worker: number, events: readonly KvEvent[]): void;
   onFirstToken?(key: number): void;
   onEnd?(key: number): void;
+  /** What the router itself measured, for the summary (the KV router: the overlap it saw). */
+  stats?(): Record<string, number>;
 }
 
 /** Dynamo's RoundRobin: worker 0, 1, …, n−1, 0, … */
@@ -110,7 +112,7 @@ export class LeastLoadedRouter implements FleetRouter {
     this.inFlight[worker]--;
   }
 
-  /** Requests in flight per worker (tests and the summary). */
+  /** Requests in flight per worker (tests). */
   loads(): number[] {
     return Array.from(this.inFlight);
   }

@@ -209,7 +209,7 @@ export class KvRouter implements FleetRouter {
   private readonly trackActiveBlocks: boolean;
   private readonly trackPrefillTokens: boolean;
   private readonly assumeKvReuse: boolean;
-  /** Requests routed and their overlap on the chosen candidate, for the summary. */
+  /** Requests routed, and the cached blocks the router saw on each one's chosen candidate (see `stats`). */
   routed = 0;
   overlapBlocksRouted = 0;
 
@@ -228,6 +228,15 @@ export class KvRouter implements FleetRouter {
     this.trackPrefillTokens = opts.trackPrefillTokens ?? true;
     this.assumeKvReuse = opts.assumeKvReuse ?? true;
     this.costInputs.trackPrefillTokens = this.trackPrefillTokens;
+  }
+
+  /**
+   * The router's own view of the run: requests routed and the prompt tokens it expected the chosen
+   * workers to have cached. Set against the engines' actual hits, it shows what routing on
+   * events saw and missed.
+   */
+  stats(): Record<string, number> {
+    return { routed: this.routed, overlap_blocks: this.overlapBlocksRouted, overlap_tokens: this.overlapBlocksRouted * this.opts.blockSize };
   }
 
   onKvEvents(worker: number, events: readonly KvEvent[]): void {
