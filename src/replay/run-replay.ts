@@ -313,8 +313,7 @@ function disaggregatedPools({ config, timing, hasher, limits, book, onPass }: Si
 
 /** The replay command: reads or generates the workload, simulates it, writes the files asked for and prints the summary. */
 export async function runReplay(config: ReplayConfig, io: ReplayIo, command = 'dynamo-mocker replay'): Promise<number> {
-  const workload = loadWorkload(config);
-  if (workload.skippedRows > 0) io.err(`warning: ${workload.skippedRows} ${workload.format} rows with no prompt tokens left out (failed requests in the log)\n`);
+  const workload = loadWorkload(config, io.err);
   const { results, summary, timeline } = await simulateTrace(config, workload, io, { timeline: config.reportPath !== null });
   if (config.outputPath) writeFileSync(config.outputPath, results.map((r) => JSON.stringify(r)).join('\n') + (results.length ? '\n' : ''));
   if (config.summaryPath) writeFileSync(config.summaryPath, JSON.stringify(summary, null, 2) + '\n');

@@ -229,14 +229,13 @@ export async function runSweep(raw: RawOptions, argv: readonly string[], io: Rep
     const key = config.synthetic === null ? 0 : config.engine.seed;
     let index = workloadOf.get(key);
     if (index === undefined) {
-      index = workloads.push(loadWorkload(config)) - 1;
+      index = workloads.push(loadWorkload(config, io.err)) - 1;
       workloadOf.set(key, index);
     }
     return index;
   };
   const jobWorkloads = configs.map(workloadIndex);
   const workload = workloads[0];
-  if (workload.skippedRows > 0) io.err(`warning: ${workload.skippedRows} ${workload.format} rows with no prompt tokens left out (failed requests in the log)\n`);
   const jobs = configs.map((config, index) => ({ index, config: { ...config, progress: false }, workload: jobWorkloads[index] }));
   const progress = configs[0].progress;
   const warned = new Set<string>();

@@ -15,15 +15,16 @@ export interface Workload {
   name: string;
   /** The trace format, or 'synthetic'. */
   format: TraceFormat | 'synthetic';
-  /** CSV rows left out for having no prompt tokens (BurstGPT logs failed requests that way). */
-  skippedRows: number;
 }
 
 /** Synthetic workloads use the default Mooncake block size unless --trace-block-size says otherwise. */
 const SYNTHETIC_TRACE_BLOCK_SIZE = 512;
 
-/** Reads or generates the workload the config names; trace errors throw TraceError (with the line). */
-export function loadWorkload(config: Pick<ReplayConfig, 'tracePath' | 'traceFormat' | 'synthetic' | 'traceBlockSize' | 'engine'>): Workload {
+/**
+ * Reads or generates the workload the config names; trace errors throw TraceError (with the line).
+ * `warn` hears of rows the trace's format leaves out.
+ */
+export function loadWorkload(config: Pick<ReplayConfig, 'tracePath' | 'traceFormat' | 'synthetic' | 'traceBlockSize' | 'engine'>, warn: (line: string) => void = () => {}): Workload {
   if (config.synthetic !== null) {
     let spec;
     try {
@@ -33,11 +34,13 @@ export function loadWorkload(config: Pick<ReplayConfig, 'tracePath' | 'traceForm
       throw err;
     }
     const traceBlockSize = config.traceBlockSize ?? SYNTHETIC_TRACE_BLOCK_SIZE;
-    return { records: generateSyntheticTrace(spec, traceBlockSize), traceBlockSize, name: 'synthetic workload', format: 'synthetic', skippedRows: 0 };
+    return { records: generateSyntheticTrace(spec, traceBlockSize), traceBlockSize, name: 'synthetic workload', format: 'synthetic' };
   }
   const path = config.tracePath!;
   // parseReplayConfig checked the name.
   const format = config.traceFormat as TraceFormat | null;
   const parsed = parseTraceText(readFileSync(path, 'utf8'), { format, traceBlockSize: config.traceBlockSize, fileName: path });
-  return { records: parsed.records, traceBlockSize: parsed.traceBlockSize, name: basename(path), format: parsed.format, skippedRows: parsed.skippedRows };
+  // BurstGPT logs failed requests as rows without prompt tokens.
+  if (parsed.skippedRows > 0) warn(`warning: ${parsed.skippedRows} ${parsed.format} rows with no prompt tokens left out (failed requests in the log)\n`);
+  return { records: parsed.records, traceBlockSize: parsed.traceBlockSize, name: basename(path), format: parsed.format };
 }

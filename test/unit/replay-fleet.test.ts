@@ -22,7 +22,7 @@ function config(flags: Record<string, unknown> = {}): ReplayConfig {
 }
 
 function workload(records: TraceRecord[], traceBlockSize: number): Workload {
-  return { records, traceBlockSize, name: 'test', format: 'mooncake', skippedRows: 0 };
+  return { records, traceBlockSize, name: 'test', format: 'mooncake' };
 }
 
 const run = (flags: Record<string, unknown>, w: Workload): Promise<ReplayOutcome> => simulateTrace(config(flags), w, io);

@@ -1,6 +1,7 @@
 // Routing a fleet of workers: the router interface and Dynamo's load-blind modes (round-robin, random, least-loaded).
 import { createRng, type Rng } from '../random.js';
 import type { KvEvent } from '../types.js';
+import { selectCandidate } from './selection.js';
 
 /** What a router sees of a request. */
 export interface RouteRequest {
@@ -85,22 +86,8 @@ export class LeastLoadedRouter implements FleetRouter {
   }
 
   route(request: RouteRequest): RoutingTarget {
-    const loads = this.inFlight;
-    let best = 0;
-    let min = loads[0];
-    let ties = 1;
-    for (let w = 1; w < loads.length; w++) {
-      const load = loads[w];
-      if (load < min) {
-        min = load;
-        best = w;
-        ties = 1;
-      } else if (load === min) {
-        ties++;
-        if (this.rng.nextInt(ties) === 0) best = w;
-      }
-    }
-    loads[best]++;
+    const best = selectCandidate(this.inFlight, 0, this.rng);
+    this.inFlight[best]++;
     this.workerOf.set(request.key, best);
     return { worker: best, rank: null };
   }
